@@ -1,0 +1,1 @@
+"""distrl: Ray-distributed RL post-training for language models."""

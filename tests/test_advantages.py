@@ -76,8 +76,7 @@ def kl_shaped_rewards(beta=0.1):
 def test_reinforce_pp_whitening_matches_verl():
     a, ret = adv("reinforce_pp", token_rewards=kl_shaped_rewards())
     assert unpad(ret) == [
-        pytest.approx(r, abs=1e-9)
-        for r in ([0.99, 1.0, 0.99], [0.0, -0.01], [-0.03, -0.02, 0.0, 0.01], [0.99])
+        pytest.approx(r, abs=1e-9) for r in ([0.99, 1.0, 0.99], [0.0, -0.01], [-0.03, -0.02, 0.0, 0.01], [0.99])
     ]
     expected = [[1.1568, 1.1761, 1.1568], [-0.7583, -0.7776], [-0.8163, -0.7970, -0.7583, -0.7389], [1.1568]]
     for got, want in zip(unpad(a), expected, strict=True):
@@ -138,6 +137,4 @@ def test_missing_inputs_and_unknown_name():
         adv("pvpo")
     with pytest.raises(UnknownNameError, match=r"valid names: .*grpo"):
         adv("grpoo")
-    assert {"gae", "grpo", "dr_grpo", "rloo", "reinforce", "reinforce_pp", "pvpo"} <= set(
-        ADVANTAGE_ESTIMATORS.names()
-    )
+    assert {"gae", "grpo", "dr_grpo", "rloo", "reinforce", "reinforce_pp", "pvpo"} <= set(ADVANTAGE_ESTIMATORS.names())

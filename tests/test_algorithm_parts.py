@@ -39,9 +39,7 @@ def test_kl_estimators_worked_example():
     assert k3.tolist() == pytest.approx([0.0408, 0.0499, 0.0048], abs=1e-4)
     (g,) = torch.autograd.grad(k3.sum(), lp)
     assert g.tolist() == pytest.approx([0.2592, -0.3499, 0.0952], abs=1e-4)
-    assert kl_penalty(torch.tensor([-3.0]), torch.tensor([0.0]), "k3").item() == pytest.approx(
-        16.0855, abs=1e-4
-    )
+    assert kl_penalty(torch.tensor([-3.0]), torch.tensor([0.0]), "k3").item() == pytest.approx(16.0855, abs=1e-4)
 
 
 def test_k3_straight_through_has_k3_value_and_k2_gradient():
@@ -97,9 +95,7 @@ def test_padding_never_changes_aggregates(lengths, seed):
     wider_m = torch.cat([m, torch.zeros(len(lengths), 3, dtype=torch.float64)], 1)
     wider = torch.cat([noisy, torch.full((len(lengths), 3), 7.0, dtype=torch.float64)], 1)
     for mode in ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum"):
-        assert aggregate_loss(noisy, m, mode).item() == pytest.approx(
-            aggregate_loss(wider, wider_m, mode).item()
-        )
+        assert aggregate_loss(noisy, m, mode).item() == pytest.approx(aggregate_loss(wider, wider_m, mode).item())
 
 
 @pytest.mark.parametrize(("clip", "expected"), [(0.2, 0.04696), (0.5, 0.03623)])

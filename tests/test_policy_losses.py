@@ -137,9 +137,7 @@ def test_gradients_match_finite_differences(mode, agg, clip):
     params = {"kl_cov_ratio": 0.2} if mode == "kl_cov" else {}
 
     def value(lp):
-        return policy_loss(
-            mode, **{**x, "logprobs": lp}, clip_low=clip[0], clip_high=clip[1], agg=agg, **params
-        )[0]
+        return policy_loss(mode, **{**x, "logprobs": lp}, clip_low=clip[0], clip_high=clip[1], agg=agg, **params)[0]
 
     loss = value(x["logprobs"])
     (auto,) = torch.autograd.grad(loss, x["logprobs"])

@@ -25,9 +25,7 @@ VALUE_ESTIMATORS = frozenset({"gae"})
 
 def _group_index(group_ids: Sequence[Hashable] | None, batch: int, device: torch.device) -> torch.Tensor:
     if group_ids is None:
-        raise ValueError(
-            "this advantage estimator needs group_ids (one id per sample, shared by a prompt's samples)"
-        )
+        raise ValueError("this advantage estimator needs group_ids (one id per sample, shared by a prompt's samples)")
     if len(group_ids) != batch:
         raise ValueError(f"group_ids has {len(group_ids)} entries for a batch of {batch}")
     first_seen: dict[Hashable, int] = {}
@@ -72,9 +70,7 @@ def grpo(
 @ADVANTAGE_ESTIMATORS.register("dr_grpo")
 def dr_grpo(*, token_rewards, response_mask, group_ids, **_) -> tuple[torch.Tensor, torch.Tensor]:
     """Dr. GRPO (arXiv 2503.20783): Â_i = r_i − mean(r), no division by the group std."""
-    return grpo(
-        token_rewards=token_rewards, response_mask=response_mask, group_ids=group_ids, norm_by_std=False
-    )
+    return grpo(token_rewards=token_rewards, response_mask=response_mask, group_ids=group_ids, norm_by_std=False)
 
 
 @ADVANTAGE_ESTIMATORS.register("rloo")
@@ -119,9 +115,7 @@ def reinforce(*, token_rewards, response_mask, gamma: float = 1.0, **_) -> tuple
 
 
 @ADVANTAGE_ESTIMATORS.register("reinforce_pp")
-def reinforce_pp(
-    *, token_rewards, response_mask, gamma: float = 1.0, **_
-) -> tuple[torch.Tensor, torch.Tensor]:
+def reinforce_pp(*, token_rewards, response_mask, gamma: float = 1.0, **_) -> tuple[torch.Tensor, torch.Tensor]:
     """REINFORCE++ (arXiv 2501.03262): G_t as in REINFORCE (token rewards carry −β·KL_t), then
     A = (G − mean_batch G) / std_batch G over all valid tokens (unbiased variance). Returns stay G.
     """
@@ -130,9 +124,7 @@ def reinforce_pp(
 
 
 @ADVANTAGE_ESTIMATORS.register("reinforce_pp_baseline")
-def reinforce_pp_baseline(
-    *, token_rewards, response_mask, group_ids, **_
-) -> tuple[torch.Tensor, torch.Tensor]:
+def reinforce_pp_baseline(*, token_rewards, response_mask, group_ids, **_) -> tuple[torch.Tensor, torch.Tensor]:
     """REINFORCE++-baseline (arXiv 2501.03262): A = r − mean_group(r) broadcast to every token, then
     whitened over all valid tokens of the batch (unbiased variance). Returns are the unwhitened A.
     """

@@ -20,26 +20,20 @@ def token_mean(loss_mat: torch.Tensor, mask: torch.Tensor, max_len: int | None =
 
 
 @LOSS_AGGREGATIONS.register("seq-mean-token-mean")
-def seq_mean_token_mean(
-    loss_mat: torch.Tensor, mask: torch.Tensor, max_len: int | None = None
-) -> torch.Tensor:
+def seq_mean_token_mean(loss_mat: torch.Tensor, mask: torch.Tensor, max_len: int | None = None) -> torch.Tensor:
     """(1/B) Σ_i (1/|y_i|) Σ_t ℓ_{i,t} — every sequence weighs the same (GRPO paper, GSPO)."""
     per_seq = (loss_mat * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)
     return per_seq.mean()
 
 
 @LOSS_AGGREGATIONS.register("seq-mean-token-sum")
-def seq_mean_token_sum(
-    loss_mat: torch.Tensor, mask: torch.Tensor, max_len: int | None = None
-) -> torch.Tensor:
+def seq_mean_token_sum(loss_mat: torch.Tensor, mask: torch.Tensor, max_len: int | None = None) -> torch.Tensor:
     """(1/B) Σ_i Σ_t ℓ_{i,t}."""
     return (loss_mat * mask).sum(-1).mean()
 
 
 @LOSS_AGGREGATIONS.register("seq-mean-token-sum-norm")
-def seq_mean_token_sum_norm(
-    loss_mat: torch.Tensor, mask: torch.Tensor, max_len: int | None = None
-) -> torch.Tensor:
+def seq_mean_token_sum_norm(loss_mat: torch.Tensor, mask: torch.Tensor, max_len: int | None = None) -> torch.Tensor:
     """Σ_{i,t} ℓ_{i,t} / (B·L), L = ``max_len`` or T — a constant denominator (Dr. GRPO)."""
     length = max_len if max_len is not None else loss_mat.shape[-1]
     return (loss_mat * mask).sum() / (loss_mat.shape[0] * length)

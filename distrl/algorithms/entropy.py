@@ -15,9 +15,7 @@ from distrl.algorithms.masked import masked_mean
 LOGIT_CHUNK = 1024
 
 
-def token_covariance(
-    logprobs: torch.Tensor, advantages: torch.Tensor, response_mask: torch.Tensor
-) -> torch.Tensor:
+def token_covariance(logprobs: torch.Tensor, advantages: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:
     """Cov_i = (ℓ_i − mean ℓ)·(A_i − mean A), means over the batch's valid tokens; 0 on padding."""
     mask = response_mask.to(logprobs.dtype)
     centered_lp = logprobs.detach() - masked_mean(logprobs.detach(), mask)
@@ -29,10 +27,7 @@ def _chunked(fn, logits: torch.Tensor, *others: torch.Tensor, chunk: int) -> tor
     flat = logits.reshape(-1, logits.shape[-1])
     flat_others = [o.reshape(-1) for o in others]
     out = torch.cat(
-        [
-            fn(flat[i : i + chunk], *(o[i : i + chunk] for o in flat_others))
-            for i in range(0, flat.shape[0], chunk)
-        ]
+        [fn(flat[i : i + chunk], *(o[i : i + chunk] for o in flat_others)) for i in range(0, flat.shape[0], chunk)]
     )
     return out.view(logits.shape[:-1])
 
@@ -55,9 +50,7 @@ def _logprob_rows(rows: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
     return rows.gather(-1, tokens[:, None]).squeeze(-1) - torch.logsumexp(rows, dim=-1)
 
 
-def logprobs_from_logits(
-    logits: torch.Tensor, tokens: torch.Tensor, chunk: int = LOGIT_CHUNK
-) -> torch.Tensor:
+def logprobs_from_logits(logits: torch.Tensor, tokens: torch.Tensor, chunk: int = LOGIT_CHUNK) -> torch.Tensor:
     """log softmax(z)[y] = z_y − logsumexp(z) for the sampled tokens, ``[..., V]`` → ``[...]``,
     without materializing the full log-softmax."""
     return _chunked(_logprob_rows, logits, tokens, chunk=chunk)

@@ -52,9 +52,7 @@ def clipped_surrogate(
 
 
 @POLICY_LOSSES.register("ppo")
-def ppo(
-    *, logprobs, old_logprobs, advantages, response_mask, clip_low, clip_high, clip_c=None, **_
-) -> LossTerms:
+def ppo(*, logprobs, old_logprobs, advantages, response_mask, clip_low, clip_high, clip_c=None, **_) -> LossTerms:
     """PPO clipped surrogate on the token ratio w = exp(ℓ^θ − ℓ^old).
 
     Dual clip (arXiv 1912.09729), when ``clip_c`` (> 1) is given: tokens with A < 0 take

@@ -44,9 +44,7 @@ class Registry(Generic[F]):
         try:
             return self._entries[name]
         except KeyError:
-            raise UnknownNameError(
-                f"unknown {self.kind} '{name}'; valid names: {', '.join(self.names())}"
-            ) from None
+            raise UnknownNameError(f"unknown {self.kind} '{name}'; valid names: {', '.join(self.names())}") from None
 
     def names(self) -> list[str]:
         """The registered names, sorted."""

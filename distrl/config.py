@@ -1,0 +1,352 @@
+"""The structured config: every default lives here, once; ``conf/`` only composes and overrides.
+
+The dataclasses are registered in Hydra's ConfigStore as ``distrl_schema`` so every YAML file and
+command-line override is type-checked against them. :func:`validate` checks the relations between
+fields before any actor starts and raises :class:`ConfigError` naming the field, the bad value and
+the fix.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import DictConfig, OmegaConf
+
+from distrl.algorithms import (
+    ADVANTAGE_ESTIMATORS,
+    GROUP_ESTIMATORS,
+    KL_ESTIMATORS,
+    LOSS_AGGREGATIONS,
+    POLICY_LOSSES,
+    ROLLOUT_CORRECTIONS,
+    VALUE_ESTIMATORS,
+    Registry,
+)
+
+
+@dataclass
+class KLConfig:
+    """KL regularization toward the frozen reference policy (estimators: joschu.net/blog/kl-approx.html).
+
+    In the reward (InstructGPT/PPO, REINFORCE++): r_t −= coef·KL_t with the old log-probs, no
+    gradient. As a loss (GRPO, arXiv 2402.03300 Eq. 3): + coef·agg(KL_t) with the current log-probs.
+    """
+
+    estimator: str = "k3"
+    """``k1`` | ``k2`` | ``k3`` | ``k3+`` (value of k3, gradient of k2)."""
+    coef: float = 0.0
+    """β. 0 turns the KL term off and the reference role is not started."""
+    in_reward: bool = False
+    """Put −β·KL_t into the token rewards instead of the loss."""
+    in_loss: bool | None = None
+    """Add β·KL to the loss. ``None`` means: exactly when not ``in_reward``."""
+    allow_both: bool = False
+    """Permit KL in the reward and in the loss at once (counted twice; peers' users hit this by accident)."""
+    target: float | None = None
+    """Target KL for the adaptive controller (Ziegler et al., arXiv 1909.08593); ``None`` = fixed β."""
+    horizon: int = 10_000
+    """Adaptive controller horizon H: β ← β·(1 + clip(KL/target − 1, ±0.2)·n/H)."""
+
+    @property
+    def uses_loss(self) -> bool:
+        return (not self.in_reward) if self.in_loss is None else self.in_loss
+
+
+@dataclass
+class OverlongConfig:
+    """DAPO soft overlong punishment (arXiv 2503.14476 Eq. 13), added to the sequence reward."""
+
+    buffer_len: int | None = None
+    """L_cache; ``None`` = one fifth of ``max_len`` (the paper: 4096 of 20480)."""
+    factor: float = 1.0
+    """Penalty at and beyond ``max_len``."""
+    max_len: int | None = None
+    """L_max; ``None`` = ``rollout.max_new_tokens``."""
+
+
+@dataclass
+class AlgorithmConfig:
+    """Which formula does what: each string is a registry key in :mod:`distrl.algorithms`."""
+
+    advantage: str = "grpo"
+    """gae | grpo | dr_grpo | rloo | reinforce | reinforce_pp | reinforce_pp_baseline | pvpo."""
+    policy_loss: str = "ppo"
+    """ppo | gspo | gspo_token | clip_cov | kl_cov."""
+    clip_low: float = 0.2
+    """ε_low: the ratio is clipped below at 1 − ε_low (PPO, arXiv 1707.06347)."""
+    clip_high: float = 0.2
+    """ε_high: the ratio is clipped above at 1 + ε_high (DAPO clip-higher: 0.28)."""
+    clip_c: float | None = None
+    """Dual-clip constant c > 1 (arXiv 1912.09729): caps the loss of A < 0 tokens at c·|A|."""
+    loss_agg: str = "token-mean"
+    """token-mean | seq-mean-token-mean | seq-mean-token-sum | seq-mean-token-sum-norm."""
+    kl: KLConfig = field(default_factory=KLConfig)
+    entropy_coef: float = 0.0
+    """Entropy bonus: loss −= coef·agg(H_t)."""
+    dynamic_sampling: bool = False
+    """DAPO: drop prompts whose samples all score the same; keep sampling until the batch is full."""
+    max_sampling_rounds: int = 8
+    """Dynamic sampling gives up (with an error) after this many generation rounds in one step."""
+    overlong: OverlongConfig | None = None
+    """Soft overlong punishment; ``None`` = off."""
+    mask_truncated: bool = False
+    """DAPO overlong filtering: truncated responses contribute no loss."""
+    gamma: float = 1.0
+    """Discount γ (GAE, REINFORCE reward-to-go)."""
+    lam: float = 1.0
+    """GAE λ (arXiv 1506.02438)."""
+    norm_by_std: bool = True
+    """GRPO: divide by the group std (Dr. GRPO turns this off)."""
+    std_eps: float = 1e-6
+    """ε added to the group std."""
+    whiten: bool = True
+    """GAE: whiten advantages over the batch's valid tokens."""
+    value_clip: float = 0.5
+    """Critic value-clip range c_v."""
+    clip_cov_ratio: float = 2e-4
+    """Clip-Cov r: fraction of tokens detached (arXiv 2505.22617)."""
+    clip_cov_lb: float = 1.0
+    """Clip-Cov ω_low: covariance lower bound for eligible tokens."""
+    clip_cov_ub: float = 5.0
+    """Clip-Cov ω_high: covariance upper bound for eligible tokens."""
+    kl_cov_ratio: float = 2e-3
+    """KL-Cov k: fraction of tokens penalized (2e-3 for 7B, 2e-4 for 32B)."""
+    kl_cov_coef: float = 1.0
+    """KL-Cov β: the penalty is β·|ℓ^θ − ℓ^old| on the selected tokens."""
+    tis_cap: float | None = None
+    """Truncated importance sampling cap C on exp(ℓ^old − ℓ^rollout); ``None`` = no correction."""
+    rollout_correction: str = "tis"
+    """tis (min(ρ, C)) | icepop (ρ inside [0.5, 5], else 0)."""
+    pvpo_samples: int = 16
+    """PVPO M: reference-policy samples per prompt for the static value (arXiv 2508.21104)."""
+    pvpo_refresh_every: int = 500
+    """PVPO: re-estimate the static values every this many steps."""
+
+    @property
+    def needs_values(self) -> bool:
+        return self.advantage in VALUE_ESTIMATORS
+
+    @property
+    def needs_reference(self) -> bool:
+        return self.kl.coef > 0 or self.advantage == "pvpo"
+
+
+@dataclass
+class ModelConfig:
+    """The policy. Without ``path`` distrl builds its tiny Qwen2-architecture model."""
+
+    path: str | None = None
+    """A Hugging Face model folder (or hub name, where the cluster can reach the hub)."""
+    hidden_size: int = 128
+    num_layers: int = 4
+    num_heads: int = 4
+    intermediate_size: int = 512
+    dtype: str = "float32"
+    """Learner parameter dtype: float32 | bfloat16."""
+
+
+@dataclass
+class DataConfig:
+    """Prompts. Without ``train_files`` the built-in arithmetic task is used."""
+
+    train_files: list[str] = field(default_factory=list)
+    """JSONL or Parquet files in verl's layout (prompt, data_source, reward_model.ground_truth)."""
+    val_files: list[str] = field(default_factory=list)
+    train_batch_size: int = 8
+    """Prompts per step."""
+    max_prompt_len: int = 256
+    skip_bad_rows: bool = False
+    """Skip malformed rows (counted) instead of failing before training."""
+    shuffle: bool = True
+
+
+@dataclass
+class RolloutConfig:
+    """Generation."""
+
+    engine: str = "vllm"
+    """vllm | hf (HF generate: fallback and parity tests)."""
+    n: int = 4
+    """Samples per prompt (G)."""
+    max_new_tokens: int = 16
+    temperature: float = 1.0
+    top_p: float = 1.0
+    gpu_memory_utilization: float = 0.1
+    """vLLM memory fraction; on the CPU build it is the fraction of host memory."""
+
+
+@dataclass
+class RewardConfig:
+    """Scoring."""
+
+    function: str | None = None
+    """A user scorer ``path/to/file.py:fn``; ``None`` = by ``data_source``."""
+    model_path: str | None = None
+    """A sequence-classification reward model folder."""
+
+
+@dataclass
+class LearnerConfig:
+    """The policy update."""
+
+    lr: float = 1e-6
+    weight_decay: float = 0.0
+    warmup_steps: int = 0
+    grad_clip: float = 1.0
+    epochs: int = 1
+    """Passes over each rollout batch (PPO epochs)."""
+    mini_batches: int = 1
+    """Optimizer steps per epoch."""
+    micro_batch_tokens: int = 4096
+    """Token budget of one forward/backward (gradient accumulation inside a mini-batch)."""
+
+
+@dataclass
+class CriticConfig:
+    """The value model (PPO with GAE)."""
+
+    enable: bool | None = None
+    """``None`` = started exactly when the advantage estimator needs values."""
+    lr: float = 1e-5
+
+
+@dataclass
+class TrainerConfig:
+    """The step loop."""
+
+    total_steps: int = 20
+    output_dir: str = "runs/default"
+    save_every: int = 0
+    """Checkpoint every this many steps (0 = only at the end)."""
+    resume: str = "none"
+    """none | auto (latest checkpoint in ``output_dir``) | a checkpoint folder."""
+    seed: int = 0
+
+
+@dataclass
+class ClusterConfig:
+    """Actor placement."""
+
+    learners: int = 1
+    rollout_engines: int = 1
+    cpus_per_actor: float = 1.0
+    gpus_per_actor: float = 0.0
+
+
+@dataclass
+class Config:
+    """The whole job; ``python -m distrl.train --cfg job`` prints it composed."""
+
+    algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    learner: LearnerConfig = field(default_factory=LearnerConfig)
+    critic: CriticConfig = field(default_factory=CriticConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+
+
+def register_configs() -> None:
+    """Register :class:`Config` as ``distrl_schema`` (``conf/config.yaml`` composes on top of it)."""
+    ConfigStore.instance().store(name="distrl_schema", node=Config)
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot run; the message names the field, the value and the fix."""
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+def _check_name(key: str, value: str, registry: Registry) -> None:
+    _check(
+        value in registry, f"{key}={value!r} is not a known {registry.kind}; valid names: {', '.join(registry.names())}"
+    )
+
+
+def _check_nonnegative(cfg: Any, prefix: str, *names: str) -> None:
+    for name in names:
+        value = getattr(cfg, name)
+        _check(value is None or value >= 0, f"{prefix}.{name}={value} is negative; coefficients must be >= 0")
+
+
+def validate(cfg: Config) -> None:
+    """Raise :class:`ConfigError` for a configuration that cannot run as the user meant it."""
+    alg = cfg.algorithm
+    _check_name("algorithm.advantage", alg.advantage, ADVANTAGE_ESTIMATORS)
+    _check_name("algorithm.policy_loss", alg.policy_loss, POLICY_LOSSES)
+    _check_name("algorithm.loss_agg", alg.loss_agg, LOSS_AGGREGATIONS)
+    _check_name("algorithm.kl.estimator", alg.kl.estimator, KL_ESTIMATORS)
+    _check_name("algorithm.rollout_correction", alg.rollout_correction, ROLLOUT_CORRECTIONS)
+
+    _check(
+        not (alg.needs_values and cfg.critic.enable is False),
+        f"algorithm.advantage={alg.advantage!r} needs values from a critic, but critic.enable=false; "
+        "set critic.enable=true (or leave it unset), or pick an estimator without values such as grpo",
+    )
+    _check(
+        cfg.rollout.n >= 2 or alg.advantage not in GROUP_ESTIMATORS,
+        f"algorithm.advantage={alg.advantage!r} compares the samples of one prompt, but rollout.n={cfg.rollout.n}; "
+        "set rollout.n to 2 or more",
+    )
+    _check(
+        cfg.rollout.n >= 2 or not alg.dynamic_sampling,
+        f"algorithm.dynamic_sampling=true needs rollout.n >= 2 (got {cfg.rollout.n}): a group of one has no spread",
+    )
+    _check(
+        0.0 < alg.clip_low < 1.0,
+        f"algorithm.clip_low={alg.clip_low} is outside (0, 1); the ratio's lower bound is 1 - clip_low, "
+        "so use e.g. 0.2 (PPO/DAPO) or 3e-4 (GSPO)",
+    )
+    _check(alg.clip_high > 0.0, f"algorithm.clip_high={alg.clip_high} must be > 0 (e.g. 0.2, or 0.28 for DAPO)")
+    _check(
+        alg.clip_c is None or alg.clip_c > 1.0,
+        f"algorithm.clip_c={alg.clip_c} must be > 1 (dual clip, e.g. 3) or null to turn it off",
+    )
+    _check(
+        not (alg.kl.coef > 0 and alg.kl.in_reward and alg.kl.uses_loss and not alg.kl.allow_both),
+        "the KL term is both in the reward (algorithm.kl.in_reward=true) and in the loss (algorithm.kl.in_loss=true), "
+        "so it counts twice; drop one, or set algorithm.kl.allow_both=true if you mean it",
+    )
+    _check_nonnegative(alg, "algorithm", "entropy_coef", "clip_cov_ratio", "kl_cov_ratio", "kl_cov_coef", "value_clip")
+    _check_nonnegative(alg.kl, "algorithm.kl", "coef")
+    _check(0.0 <= alg.gamma <= 1.0, f"algorithm.gamma={alg.gamma} must be in [0, 1]")
+    _check(0.0 <= alg.lam <= 1.0, f"algorithm.lam={alg.lam} must be in [0, 1]")
+    _check(
+        alg.tis_cap is None or alg.tis_cap > 0,
+        f"algorithm.tis_cap={alg.tis_cap} must be > 0 (e.g. 2.0) or null to turn the correction off",
+    )
+    _check(
+        alg.kl.target is None or alg.kl.target > 0,
+        f"algorithm.kl.target={alg.kl.target} must be > 0 (e.g. 0.1) or null for a fixed coefficient",
+    )
+    if alg.overlong is not None:
+        max_len = alg.overlong.max_len or cfg.rollout.max_new_tokens
+        buffer = alg.overlong.buffer_len
+        _check(
+            buffer is None or 0 < buffer <= max_len,
+            f"algorithm.overlong.buffer_len={buffer} must be in (0, max_len={max_len}]",
+        )
+    for key, value in (
+        ("data.train_batch_size", cfg.data.train_batch_size),
+        ("rollout.n", cfg.rollout.n),
+        ("rollout.max_new_tokens", cfg.rollout.max_new_tokens),
+        ("trainer.total_steps", cfg.trainer.total_steps),
+        ("learner.epochs", cfg.learner.epochs),
+        ("learner.mini_batches", cfg.learner.mini_batches),
+        ("cluster.learners", cfg.cluster.learners),
+        ("cluster.rollout_engines", cfg.cluster.rollout_engines),
+    ):
+        _check(value >= 1, f"{key}={value} must be >= 1")
+    _check_nonnegative(cfg.learner, "learner", "lr", "weight_decay")
+
+
+def to_config(cfg: DictConfig) -> Config:
+    """The typed :class:`Config` object for a composed Hydra config."""
+    return OmegaConf.to_object(cfg)  # type: ignore[return-value]

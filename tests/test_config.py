@@ -1,0 +1,136 @@
+"""Config: every preset composes and validates; every validation rule fails with its message."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from distrl.config import ConfigError, register_configs, to_config, validate
+
+ROOT = Path(__file__).resolve().parent.parent
+PRESETS = sorted(p.stem for p in (ROOT / "conf" / "algorithm").glob("*.yaml"))
+
+register_configs()
+
+
+def composed(*overrides: str):
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        return to_config(compose(config_name="config", overrides=list(overrides)))
+
+
+def test_all_issue_presets_exist():
+    assert set(PRESETS) >= {
+        "reinforce", "reinforce_pp", "ppo", "grpo", "dr_grpo", "rloo",
+        "dapo", "gspo", "gspo_token", "clip_cov", "kl_cov", "pvpo",
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_every_preset_composes_and_validates(preset):
+    cfg = composed(f"algorithm={preset}")
+    validate(cfg)
+    if preset.startswith("gspo"):
+        assert (cfg.algorithm.clip_low, cfg.algorithm.clip_high) == (3e-4, 4e-4)
+
+
+def test_preset_hyperparameters_from_the_papers():
+    dapo = composed("algorithm=dapo").algorithm
+    assert (dapo.clip_low, dapo.clip_high, dapo.dynamic_sampling, dapo.loss_agg) == (
+        0.2,
+        0.28,
+        True,
+        "token-mean",
+    )
+    assert dapo.overlong is not None and dapo.kl.coef == 0
+    grpo = composed("algorithm=grpo").algorithm
+    assert (grpo.kl.estimator, grpo.kl.coef, grpo.kl.uses_loss) == ("k3", 0.04, True)
+    ppo = composed("algorithm=ppo")
+    assert ppo.algorithm.needs_values and ppo.algorithm.kl.in_reward and ppo.algorithm.kl.estimator == "k1"
+    assert not ppo.algorithm.kl.uses_loss
+    clip_cov = composed("algorithm=clip_cov").algorithm
+    assert (clip_cov.clip_cov_ratio, clip_cov.clip_cov_lb, clip_cov.clip_cov_ub) == (2e-4, 1.0, 5.0)
+    kl_cov = composed("algorithm=kl_cov").algorithm
+    assert (kl_cov.kl_cov_ratio, kl_cov.kl_cov_coef) == (2e-3, 1.0)
+    dr = composed("algorithm=dr_grpo").algorithm
+    assert (dr.advantage, dr.norm_by_std, dr.loss_agg) == ("dr_grpo", False, "seq-mean-token-sum-norm")
+
+
+def test_overrides_compose_on_a_preset():
+    cfg = composed("algorithm=grpo", "algorithm.policy_loss=gspo", "algorithm.clip_high=0.28")
+    assert (cfg.algorithm.policy_loss, cfg.algorithm.clip_high, cfg.algorithm.kl.coef) == ("gspo", 0.28, 0.04)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (
+            ["algorithm.policy_loss=nope"],
+            r"algorithm.policy_loss='nope'.*valid names: clip_cov, gspo, gspo_token",
+        ),
+        (["algorithm.advantage=gea"], r"algorithm.advantage='gea'.*valid names: .*gae"),
+        (["algorithm.loss_agg=mean"], r"algorithm.loss_agg='mean'.*token-mean"),
+        (["algorithm.kl.estimator=k4"], r"algorithm.kl.estimator='k4'.*k1, k2, k3"),
+        (["algorithm=ppo", "critic.enable=false"], r"needs values from a critic.*critic.enable=true"),
+        (["algorithm=grpo", "rollout.n=1"], r"rollout.n=1.*set rollout.n to 2 or more"),
+        (["algorithm=rloo", "rollout.n=1"], r"rollout.n=1"),
+        (["algorithm=reinforce", "algorithm.dynamic_sampling=true", "rollout.n=1"], r"dynamic_sampling"),
+        (["algorithm.clip_low=1.0"], r"algorithm.clip_low=1.0 is outside \(0, 1\)"),
+        (["algorithm.clip_low=-0.1"], r"algorithm.clip_low=-0.1 is outside \(0, 1\)"),
+        (["algorithm.clip_low=0"], r"outside \(0, 1\)"),
+        (["algorithm.clip_high=0"], r"algorithm.clip_high=0.0 must be > 0"),
+        (["algorithm.clip_c=0.5"], r"algorithm.clip_c=0.5 must be > 1"),
+        (
+            ["algorithm.kl.coef=0.1", "algorithm.kl.in_reward=true", "algorithm.kl.in_loss=true"],
+            r"counts twice.*allow_both=true",
+        ),
+        (["algorithm.kl.coef=-0.1"], r"algorithm.kl.coef=-0.1 is negative"),
+        (["algorithm.entropy_coef=-1"], r"algorithm.entropy_coef=-1.0 is negative"),
+        (["algorithm=kl_cov", "algorithm.kl_cov_coef=-1"], r"algorithm.kl_cov_coef=-1.0 is negative"),
+        (["algorithm.gamma=1.5"], r"algorithm.gamma=1.5 must be in \[0, 1\]"),
+        (["algorithm.tis_cap=0"], r"algorithm.tis_cap=0.0 must be > 0"),
+        (
+            ["algorithm=dapo", "algorithm.overlong.buffer_len=99"],
+            r"buffer_len=99 must be in \(0, max_len=16\]",
+        ),
+        (["data.train_batch_size=0"], r"data.train_batch_size=0 must be >= 1"),
+    ],
+)
+def test_validation_errors_name_field_and_fix(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        validate(composed(*overrides))
+
+
+def test_kl_in_both_places_allowed_when_explicit():
+    validate(composed("algorithm.kl.coef=0.1", "algorithm.kl.in_reward=true", "algorithm.kl.in_loss=true",
+                      "algorithm.kl.allow_both=true"))  # fmt: skip
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "distrl.train", *args], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+
+
+def test_cli_prints_composed_preset():
+    out = run_cli("--cfg", "job", "algorithm=gspo")
+    assert out.returncode == 0, out.stderr
+    assert "policy_loss: gspo" in out.stdout and "clip_low: 0.0003" in out.stdout
+
+
+def test_cli_unknown_preset_lists_presets():
+    out = run_cli("algorithm=gspoo")
+    assert out.returncode != 0
+    assert "Could not find 'algorithm/gspoo'" in out.stderr and "gspo_token" in out.stderr
+
+
+def test_cli_unknown_registry_name_lists_names():
+    out = run_cli("algorithm.policy_loss=nope")
+    assert out.returncode == 2
+    assert "valid names: clip_cov, gspo, gspo_token, kl_cov, ppo" in out.stderr
+
+
+def test_cli_wrong_type_is_rejected_by_schema():
+    out = run_cli("algorithm.clip_low=abc")
+    assert out.returncode != 0 and "clip_low" in out.stderr

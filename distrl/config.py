@@ -185,6 +185,8 @@ class RewardConfig:
     """A user scorer ``path/to/file.py:fn``; ``None`` = by ``data_source``."""
     model_path: str | None = None
     """A sequence-classification reward model folder."""
+    batched: bool = False
+    """The user function takes lists (verl's batch signature) instead of one sample."""
 
 
 @dataclass

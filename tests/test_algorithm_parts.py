@@ -185,3 +185,16 @@ def test_clip_fraction_counts_only_binding_clips(w, a, low, high):
     assert m["policy/clip_frac"].item() == float(binds)
     if a != 0:
         assert (g.item() == 0) == binds
+
+
+@pytest.mark.parametrize("mode", ["token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm"])
+def test_micro_batches_with_batch_denominators_sum_to_the_batch_loss(mode):
+    gen = torch.Generator().manual_seed(1)
+    loss = torch.randn(6, 5, generator=gen, dtype=torch.float64)
+    m = (torch.arange(5)[None, :] < torch.tensor([5, 1, 3, 2, 4, 5])[:, None]).double()
+    whole = aggregate_loss(loss, m, mode, max_len=5)
+    parts = sum(
+        aggregate_loss(loss[i : i + 2], m[i : i + 2], mode, max_len=5, num_seqs=6, num_tokens=m.sum().item())
+        for i in (0, 2, 4)
+    )
+    assert parts.item() == pytest.approx(whole.item())

@@ -203,6 +203,8 @@ def policy_loss(
     tis_cap: float | None = None,
     rollout_correction: str = "tis",
     max_len: int | None = None,
+    num_seqs: float | None = None,
+    num_tokens: float | None = None,
     **params,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The policy loss registered as ``mode``, aggregated with ``agg``; returns (loss, metrics).
@@ -210,6 +212,7 @@ def policy_loss(
     With ``rollout_logprobs`` and ``tis_cap``, every per-token loss is multiplied by the detached
     weight min(exp(ℓ^old − ℓ^roll), C) (``rollout_correction="icepop"`` masks instead). ``params``
     carry loss-specific settings (``clip_cov_ratio``, ``kl_cov_ratio``, ``kl_coef``, ``generator``…).
+    ``max_len``, ``num_seqs``, ``num_tokens`` go to :func:`aggregate_loss` (micro-batch denominators).
     Metrics: ``policy/clip_frac`` (tokens whose clip binds), ``policy/clip_frac_low`` and
     ``policy/clip_frac_high``, ``policy/approx_kl`` (k3 estimate of KL(π_old‖π_θ)),
     ``policy/ratio_mean`` and ``policy/ratio_max`` over valid tokens.
@@ -232,7 +235,7 @@ def policy_loss(
         weight = ROLLOUT_CORRECTIONS.get(rollout_correction)(rho, tis_cap=tis_cap, **params).detach()
         loss_mat = loss_mat * weight
         metrics["policy/is_weight_mean"] = masked_mean(weight, mask)
-    loss = aggregate_loss(loss_mat, mask, agg, max_len)
+    loss = aggregate_loss(loss_mat, mask, agg, max_len, num_seqs=num_seqs, num_tokens=num_tokens)
     with torch.no_grad():
         valid = mask.bool()
         delta = logprobs - old_logprobs

@@ -1,0 +1,328 @@
+"""Prompt datasets in verl's row layout: loading with validation, chat rendering, a resumable stream.
+
+A row is one JSON object: a line of a ``.jsonl`` / ``.json`` file (JSON Lines) or a row of a ``.parquet`` file::
+
+    {"data_source": "openai/gsm8k",
+     "prompt": [{"role": "user", "content": "..."}],          # or a plain string
+     "ability": "math",
+     "reward_model": {"style": "rule", "ground_truth": "72"},
+     "extra_info": {"split": "train", "index": 0}}
+
+``prompt`` and ``data_source`` are required; ``reward_model`` and ``extra_info`` are optional objects; other
+fields (``ability``, ...) are ignored. Every row is validated by :func:`load_records`, which the runtime calls
+before any actor starts, so a bad dataset fails at once with the file, the row and the fix.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import numbers
+import reprlib
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+logger = logging.getLogger(__name__)
+
+JSONL_SUFFIXES = (".jsonl", ".json")
+PARQUET_SUFFIXES = (".parquet",)
+SUPPORTED_SUFFIXES = JSONL_SUFFIXES + PARQUET_SUFFIXES
+#: The Parquet columns a record is built from; other columns are not read.
+RECORD_COLUMNS = ("prompt", "data_source", "reward_model", "extra_info")
+
+_SUPPORTED = f"JSONL ({', '.join(JSONL_SUFFIXES)}, one JSON object per line) or Parquet ({', '.join(PARQUET_SUFFIXES)})"
+_ROW_FIX = "fix the row, or set data.skip_bad_rows=true to skip malformed rows"
+
+
+@dataclass(frozen=True)
+class PromptRecord:
+    """One validated dataset row.
+
+    ``prompt`` is a non-blank string or a non-empty list of chat messages (dicts whose values are strings, with
+    at least ``role`` and ``content``); ``ground_truth`` is ``reward_model["ground_truth"]`` as text (numbers are
+    converted, ``None`` when absent); ``extra_info`` is the row's object or ``{}``; ``index`` is the 0-based
+    position in the concatenation of all loaded files (skipped rows take no index).
+    """
+
+    prompt: str | list[dict[str, str]]
+    data_source: str
+    ground_truth: str | None
+    extra_info: dict
+    index: int
+
+
+class DatasetError(ValueError):
+    """A dataset file or row that cannot be used; the message names the file, the 1-based row (for row
+    problems), the problem and the fix."""
+
+
+class _BadRow(Exception):
+    """A problem with one row; :func:`load_records` adds the file, the row number and the fix."""
+
+
+def load_records(
+    files: Sequence[str | Path] | str | Path, *, skip_bad_rows: bool = False
+) -> tuple[list[PromptRecord], int]:
+    """Read prompt rows from JSONL and Parquet files in verl's layout, file after file, in order.
+
+    Returns ``(records, number_of_skipped_rows)``. A single path is accepted as a one-file list; an empty list
+    gives ``([], 0)``. Every path is checked (exists, is a file, supported extension) before any is read.
+    Row numbers are 1-based: for JSONL they are line numbers (blank lines are ignored but counted), for Parquet
+    row positions. A malformed row raises :class:`DatasetError`, or with ``skip_bad_rows`` is skipped, counted and
+    reported in one warning per file. File-level problems always raise, including a file without a valid row.
+    """
+    paths = [Path(files)] if isinstance(files, str | Path) else [Path(f) for f in files]
+    for path in paths:
+        _check_file(path)
+    records: list[PromptRecord] = []
+    skipped = 0
+    for path in paths:
+        file_records, file_skipped = _load_file(path, first_index=len(records), skip_bad_rows=skip_bad_rows)
+        records.extend(file_records)
+        skipped += file_skipped
+    return records, skipped
+
+
+def render_prompt(prompt: str | list[dict[str, str]], tokenizer: Any) -> str:
+    """The text the model sees for ``prompt``.
+
+    A string is returned as it is; chat messages go through
+    ``tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)``. Chat messages and a
+    tokenizer without a chat template raise ``ValueError`` naming the fix.
+    """
+    if isinstance(prompt, str):
+        return prompt
+    if not getattr(tokenizer, "chat_template", None):
+        name = getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__
+        raise ValueError(
+            f"the prompt is a list of chat messages but the tokenizer {name!r} has no chat template; "
+            "use a model whose tokenizer has a chat template, or give `prompt` as a plain string in the dataset"
+        )
+    return tokenizer.apply_chat_template(list(prompt), tokenize=False, add_generation_prompt=True)
+
+
+class PromptStream:
+    """Endless iteration over ``records`` in epochs, reproducible and resumable.
+
+    Each epoch visits every record exactly once: in a permutation drawn from
+    ``numpy.random.default_rng(seed + epoch)`` when ``shuffle``, else in the given order. A batch that runs past
+    the end of an epoch continues with the next epoch. ``state()`` is the position as plain ints,
+    ``{"epoch": e, "offset": k}`` with ``0 <= k < len(records)`` (k records of epoch e already served);
+    after ``load_state(state)`` the following batches are exactly those the uninterrupted stream would have given.
+    """
+
+    def __init__(self, records: Sequence[PromptRecord], *, batch_size: int, seed: int, shuffle: bool = True):
+        if not records:
+            raise ValueError("PromptStream needs at least one record; check data.train_files")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if seed < 0:
+            raise ValueError(f"seed must be >= 0, got {seed}")
+        self.records = tuple(records)
+        self.batch_size = batch_size
+        self.seed = seed
+        self.shuffle = shuffle
+        self._epoch = 0
+        self._offset = 0
+        self._order = self._epoch_order(0)
+
+    def next_batch(self, n: int | None = None) -> list[PromptRecord]:
+        """The next ``n`` records (``batch_size`` when ``n`` is None), crossing into following epochs as needed."""
+        n = self.batch_size if n is None else n
+        if n < 0:
+            raise ValueError(f"cannot take {n} records")
+        batch: list[PromptRecord] = []
+        while len(batch) < n:
+            take = min(n - len(batch), len(self.records) - self._offset)
+            batch.extend(self.records[i] for i in self._order[self._offset : self._offset + take])
+            self._advance(take)
+        return batch
+
+    def state(self) -> dict[str, int]:
+        """The position, JSON-serializable: ``{"epoch": int, "offset": int}``."""
+        return {"epoch": self._epoch, "offset": self._offset}
+
+    def load_state(self, state: Mapping[str, int]) -> None:
+        """Resume at a position from :meth:`state`; an offset equal to the dataset size means the next epoch."""
+        epoch, offset = state["epoch"], state["offset"]
+        for key, value in (("epoch", epoch), ("offset", offset)):
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
+                raise ValueError(f"prompt stream state {key} must be an int >= 0, got {value!r}")
+        if offset > len(self.records):
+            raise ValueError(
+                f"prompt stream state offset {offset} is past the end of the dataset ({len(self.records)} records); "
+                "the checkpoint was saved with different data.train_files"
+            )
+        self._epoch, self._offset = int(epoch), 0
+        self._order = self._epoch_order(self._epoch)
+        self._advance(int(offset))
+
+    def _advance(self, count: int) -> None:
+        self._offset += count
+        if self._offset == len(self.records):
+            self._epoch += 1
+            self._offset = 0
+            self._order = self._epoch_order(self._epoch)
+
+    def _epoch_order(self, epoch: int) -> list[int]:
+        if not self.shuffle:
+            return list(range(len(self.records)))
+        return np.random.default_rng(self.seed + epoch).permutation(len(self.records)).tolist()
+
+
+def _check_file(path: Path) -> None:
+    if not path.exists():
+        raise DatasetError(
+            f"dataset file {path} does not exist; data.train_files (and data.val_files) should point at {_SUPPORTED} "
+            "files"
+        )
+    if not path.is_file():
+        raise DatasetError(f"dataset path {path} is not a file; list the {_SUPPORTED} files themselves")
+    if path.suffix.lower() not in SUPPORTED_SUFFIXES:
+        raise DatasetError(
+            f"dataset file {path} has unsupported extension {path.suffix or '(none)'!r}; supported: {_SUPPORTED}"
+        )
+
+
+def _load_file(path: Path, *, first_index: int, skip_bad_rows: bool) -> tuple[list[PromptRecord], int]:
+    records: list[PromptRecord] = []
+    skipped = 0
+    first_problem = ""
+    for row_number, row in _read_rows(path):
+        try:
+            records.append(_to_record(row, index=first_index + len(records)))
+        except _BadRow as bad:
+            problem = f"{path}, row {row_number}: {bad}"
+            if not skip_bad_rows:
+                raise DatasetError(f"{problem}; {_ROW_FIX}") from None
+            skipped += 1
+            first_problem = first_problem or problem
+    if not records:
+        detail = f"all {skipped} rows are malformed, the first: {first_problem}" if skipped else "it holds no rows"
+        raise DatasetError(
+            f"dataset file {path} has no valid rows ({detail}); it must hold prompt rows in verl's layout, "
+            'e.g. {"data_source": "openai/gsm8k", "prompt": [{"role": "user", "content": "..."}]}'
+        )
+    if skipped:
+        logger.warning("skipped %d malformed rows of %s (the first: %s)", skipped, path, first_problem)
+    return records, skipped
+
+
+def _read_rows(path: Path) -> Iterator[tuple[int, Any]]:
+    """``(1-based row number, row)``; a JSONL row is its raw line, parsed by :func:`_to_record`."""
+    if path.suffix.lower() in PARQUET_SUFFIXES:
+        yield from _parquet_rows(path)
+        return
+    with path.open("rb") as lines:
+        for line_number, line in enumerate(lines, start=1):
+            if line.strip():
+                yield line_number, line
+
+
+def _parquet_rows(path: Path) -> Iterator[tuple[int, dict]]:
+    try:
+        parquet = pq.ParquetFile(path)
+        columns = [name for name in RECORD_COLUMNS if name in parquet.schema_arrow.names]
+        row_number = 0
+        for batch in parquet.iter_batches(columns=columns):
+            for row in batch.to_pylist():
+                row_number += 1
+                yield row_number, row
+    except (pa.ArrowException, OSError) as err:
+        raise DatasetError(
+            f"dataset file {path} is not a readable Parquet file ({err}); re-export it as Parquet or JSONL"
+        ) from err
+
+
+def _to_record(row: Any, *, index: int) -> PromptRecord:
+    if isinstance(row, bytes):
+        row = _parse_json_line(row)
+    if not isinstance(row, dict):
+        raise _BadRow(f"a row must be a JSON object, got {_describe(row)}")
+    prompt = _prompt(row.get("prompt"))
+    data_source = row.get("data_source")
+    if data_source is None:
+        raise _BadRow("`data_source` is missing")
+    if not isinstance(data_source, str) or not data_source:
+        raise _BadRow(f"`data_source` must be a non-empty string, got {_describe(data_source)}")
+    reward_model = _optional_object(row, "reward_model")
+    return PromptRecord(
+        prompt=prompt,
+        data_source=data_source,
+        ground_truth=_ground_truth(reward_model.get("ground_truth")),
+        extra_info=_optional_object(row, "extra_info"),
+        index=index,
+    )
+
+
+def _parse_json_line(line: bytes) -> Any:
+    try:
+        text = line.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise _BadRow("not valid UTF-8 text") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise _BadRow(
+            f"not valid JSON ({err.msg} at column {err.colno}); each line must hold one complete JSON object"
+        ) from None
+
+
+def _prompt(value: Any) -> str | list[dict[str, str]]:
+    if value is None:
+        raise _BadRow("`prompt` is missing")
+    if isinstance(value, str):
+        if not value.strip():
+            raise _BadRow("`prompt` is an empty string")
+        return value
+    if isinstance(value, list):
+        if not value:
+            raise _BadRow("`prompt` is an empty list of messages")
+        return [_message(message, position) for position, message in enumerate(value)]
+    raise _BadRow(f'`prompt` must be a string or a list of {{"role", "content"}} messages, got {_describe(value)}')
+
+
+def _message(message: Any, position: int) -> dict[str, str]:
+    """A chat message with string values; null values are dropped (Parquet fills absent struct fields with null)."""
+    if isinstance(message, dict):
+        present = {key: value for key, value in message.items() if value is not None}
+        if {"role", "content"} <= present.keys() and all(isinstance(value, str) for value in present.values()):
+            return present
+    raise _BadRow(
+        f'`prompt[{position}]` must be a message {{"role": str, "content": str}} with string values, '
+        f"got {_describe(message)}"
+    )
+
+
+def _optional_object(row: dict, key: str) -> dict:
+    value = row.get(key)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise _BadRow(f"`{key}` must be an object (dict), got {_describe(value)}")
+    return value
+
+
+def _ground_truth(value: Any) -> str | None:
+    """Text of a ground truth; integral floats print as ints (72.0 → "72") and NaN counts as absent, since a
+    numeric column with missing values is stored as float."""
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, bool | np.bool_) or not isinstance(value, numbers.Real):
+        raise _BadRow(f"`reward_model.ground_truth` must be a string or a number, got {_describe(value)}")
+    if isinstance(value, numbers.Integral):
+        return str(int(value))
+    if math.isnan(value):
+        return None
+    return str(int(value)) if float(value).is_integer() else str(float(value))
+
+
+def _describe(value: Any) -> str:
+    return f"{type(value).__name__} {reprlib.repr(value)}"

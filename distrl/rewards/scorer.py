@@ -1,0 +1,86 @@
+""":class:`RewardScorer`: the one entry point the reward workers call, whatever scores the samples.
+
+Exactly one source of scores is used: a user function (``reward.function``), a reward model
+(``reward.model_path``), or, with neither, the built-in verifier of each sample's ``data_source``.
+"""
+
+from __future__ import annotations
+
+import traceback
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from distrl.rewards.base import ResultBuilder, Sample, ScoreResult
+from distrl.rewards.model import RewardModelScorer
+from distrl.rewards.user import check_signature, load_user_function, score_batched, score_per_sample
+from distrl.rewards.verifiers import BUILTIN_VERIFIERS
+
+
+class RewardScorer:
+    """Scores lists of :class:`Sample`; built once per reward worker from the ``reward`` config."""
+
+    def __init__(self, function: str | None = None, model_path: str | None = None, batched: bool = False) -> None:
+        """``function``: a user function ``"path/to/file.py:fn"`` (see :mod:`distrl.rewards.user`);
+        ``model_path``: a sequence-classification reward model folder; ``batched``: ``function`` takes
+        the whole batch. Bad settings fail here, before training, with ``ValueError`` or
+        ``FileNotFoundError`` saying what is wrong and how to fix it."""
+        if function is not None and model_path is not None:
+            raise ValueError(
+                "reward.function and reward.model_path are both set; set one of them "
+                "(or neither, to score with the built-in verifier of each data_source)"
+            )
+        if batched and function is None:
+            raise ValueError("reward.batched=true applies to a user function; set reward.function=path/to/file.py:fn")
+        self.function = function
+        self.model_path = model_path
+        self.batched = batched
+        self._user_fn: Callable[..., Any] | None = None
+        self._model: RewardModelScorer | None = None
+        if function is not None:
+            self._user_fn = load_user_function(function)
+            check_signature(self._user_fn, function, batched=batched)
+        elif model_path is not None:
+            self._model = RewardModelScorer(model_path)
+
+    def __reduce__(self) -> tuple[type[RewardScorer], tuple[str | None, str | None, bool]]:
+        """Pickle as the settings: where it is unpickled, the function or model is loaded again."""
+        return (RewardScorer, (self.function, self.model_path, self.batched))
+
+    def check_data_sources(self, sources: Iterable[str]) -> None:
+        """With only built-in verifiers, raise ``ValueError`` unless every source has one; the message
+        lists the unknown and the known sources. A user function or reward model accepts any source."""
+        if self._user_fn is not None or self._model is not None:
+            return
+        unknown = sorted(set(sources) - BUILTIN_VERIFIERS.keys())
+        if unknown:
+            raise ValueError(
+                f"no built-in verifier for data_source {', '.join(map(repr, unknown))}; "
+                f"built-in ones: {', '.join(sorted(BUILTIN_VERIFIERS))}. "
+                "To score other data, set reward.function=path/to/file.py:fn (or reward.model_path)"
+            )
+
+    def score(self, samples: list[Sample]) -> ScoreResult:
+        """Score ``samples`` in order. A sample whose scoring fails scores 0.0 and is counted in
+        ``errors``; this never raises for that. With built-in verifiers it raises ``ValueError`` for a
+        ``data_source`` without one (what :meth:`check_data_sources` reports before training)."""
+        if self._user_fn is not None:
+            return (score_batched if self.batched else score_per_sample)(self._user_fn, samples)
+        builder = ResultBuilder(samples)
+        if self._model is not None:
+            for index, value in enumerate(self._model.score([s.prompt + s.response for s in samples])):
+                builder.record(index, value)
+            return builder.result()
+        self.check_data_sources(s.data_source for s in samples)
+        for index, sample in enumerate(samples):
+            if sample.ground_truth is None:
+                builder.fail(
+                    index, "no ground truth; the built-in verifier needs reward_model.ground_truth in the data"
+                )
+                continue
+            try:
+                value = BUILTIN_VERIFIERS[sample.data_source](sample.response, sample.ground_truth)
+            except Exception:
+                builder.fail(index, traceback.format_exc().rstrip())
+                continue
+            builder.record(index, value, accuracy=value)
+        return builder.result()

@@ -1,0 +1,194 @@
+"""User reward functions, given as ``reward.function=path/to/file.py:fn``; verl's signature, so verl's work as they are.
+
+Per sample (the default)::
+
+    def fn(data_source: str, solution_str: str, ground_truth: str | None, extra_info: dict | None = None)
+        -> float | int | bool | dict
+
+Over the whole batch (``reward.batched=true``)::
+
+    def fn(data_sources: list[str], solution_strs: list[str], ground_truths: list[str | None],
+           extra_infos: list[dict]) -> list[float | int | bool | dict]
+
+- The function is called with keyword arguments, as verl calls it, so the parameter names above
+  matter (extra parameters need defaults; ``**kwargs`` is fine). A mismatch fails when the scorer
+  is built, before training starts.
+- ``solution_str`` is the decoded response without special tokens; ``extra_info`` is the data
+  row's ``extra_info`` (``{}`` when the row has none).
+- A dict return must hold ``"score"``; it may hold ``"acc"`` (1.0/0.0, or None), which is reported as
+  ``reward/accuracy``. Other keys are ignored.
+- ``async def`` functions work in both modes; per-sample coroutines run concurrently (``asyncio.gather``).
+- A sample whose call raises, or returns a non-number, NaN or infinity, scores 0.0 and is counted as
+  an error; the first traceback is logged. A batched function that raises, or returns a list of the
+  wrong length, fails every sample of the batch. Training goes on either way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import importlib.util
+import inspect
+import reprlib
+import sys
+import traceback
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sized
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from distrl.rewards.base import ResultBuilder, Sample, ScoreResult
+
+PER_SAMPLE_PARAMS = ("data_source", "solution_str", "ground_truth", "extra_info")
+BATCHED_PARAMS = ("data_sources", "solution_strs", "ground_truths", "extra_infos")
+
+
+def load_user_function(spec: str) -> Callable[..., Any]:
+    """The function named by ``"path/to/file.py:fn"``.
+
+    The file is executed as a module of its own (registered in ``sys.modules`` under a name derived
+    from its path, so dataclasses and pickling inside it work). Raises ``FileNotFoundError`` when
+    there is no such file, and ``ValueError`` when the spec has no ``:``, the file is not ``.py``, it
+    raises on import (the message includes the exception), it has no such attribute (the message
+    lists the functions it defines), or the attribute is not callable.
+    """
+    path_text, sep, name = spec.rpartition(":")
+    if not sep or not path_text or not name:
+        raise ValueError(f"reward.function={spec!r} must be 'path/to/file.py:function_name'")
+    path = Path(path_text).expanduser().resolve()
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"reward.function={spec!r}: no file {path}; set reward.function to an existing path/to/file.py:fn"
+        )
+    if path.suffix != ".py":
+        raise ValueError(f"reward.function={spec!r}: {path.name} is not a Python file; point it at a .py file")
+    module_name = f"distrl_user_reward_{hashlib.sha1(str(path).encode()).hexdigest()[:12]}"
+    module_spec = importlib.util.spec_from_file_location(module_name, path)
+    assert module_spec is not None and module_spec.loader is not None  # a .py path always has a source loader
+    module = importlib.util.module_from_spec(module_spec)
+    sys.modules[module_name] = module
+    try:
+        module_spec.loader.exec_module(module)
+    except Exception as exc:
+        sys.modules.pop(module_name, None)
+        raise ValueError(
+            f"reward.function={spec!r}: importing {path} raised {type(exc).__name__}: {exc}; fix the file"
+        ) from exc
+    if not hasattr(module, name):
+        defined = [
+            attr
+            for attr, value in vars(module).items()
+            if callable(value) and not inspect.isclass(value) and getattr(value, "__module__", None) == module_name
+        ]
+        found = ", ".join(defined) or "none"
+        raise ValueError(f"reward.function={spec!r}: {path.name} has no '{name}'; functions defined there: {found}")
+    fn = getattr(module, name)
+    if not callable(fn):
+        raise ValueError(
+            f"reward.function={spec!r}: '{name}' in {path.name} is not callable (it is {type(fn).__name__} "
+            f"{reprlib.repr(fn)}); name a function"
+        )
+    return fn
+
+
+def check_signature(fn: Callable[..., Any], spec: str, *, batched: bool) -> None:
+    """Raise ``ValueError`` unless ``fn`` accepts the keyword arguments it will be called with."""
+    try:
+        signature = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return  # no introspectable signature (some builtins): found out at the first call instead
+    names, other_names = (BATCHED_PARAMS, PER_SAMPLE_PARAMS) if batched else (PER_SAMPLE_PARAMS, BATCHED_PARAMS)
+    try:
+        signature.bind(**dict.fromkeys(names))
+    except TypeError as exc:
+        mode, other_mode = ("batched", "per-sample") if batched else ("per-sample", "batched")
+        shown = f"{getattr(fn, '__name__', 'the function')}{signature}"
+        raise ValueError(
+            f"reward.function={spec!r}: {shown} cannot take the {mode} arguments ({', '.join(names)}): {exc}. "
+            f"A {other_mode} function takes ({', '.join(other_names)}); "
+            f"set reward.batched={str(not batched).lower()} if that is what it is."
+        ) from exc
+
+
+def _run(coroutine: Awaitable[Any]) -> Any:
+    """Run a coroutine to completion from synchronous code, also when this thread runs an event loop."""
+
+    async def main() -> Any:
+        return await coroutine
+
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(main())
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(asyncio.run, main()).result()
+
+
+def _traceback(exc: BaseException) -> str:
+    return "".join(traceback.format_exception(exc)).rstrip()
+
+
+def score_per_sample(fn: Callable[..., Any], samples: list[Sample]) -> ScoreResult:
+    """Call ``fn`` once per sample (awaiting coroutines together); failures score 0 and are counted."""
+    builder = ResultBuilder(samples)
+    pending: dict[int, Awaitable[Any]] = {}
+    for index, sample in enumerate(samples):
+        try:
+            value = fn(
+                data_source=sample.data_source,
+                solution_str=sample.response,
+                ground_truth=sample.ground_truth,
+                extra_info=sample.extra_info,
+            )
+        except Exception as exc:
+            builder.fail(index, _traceback(exc))
+            continue
+        if inspect.isawaitable(value):
+            pending[index] = value
+        else:
+            builder.record(index, value)
+    if pending:
+
+        async def gather() -> list[Any]:
+            return await asyncio.gather(*pending.values(), return_exceptions=True)
+
+        for index, value in zip(pending, _run(gather()), strict=True):
+            if isinstance(value, BaseException):
+                builder.fail(index, _traceback(value))
+            else:
+                builder.record(index, value)
+    return builder.result()
+
+
+def score_batched(fn: Callable[..., Any], samples: list[Sample]) -> ScoreResult:
+    """Call ``fn`` once on the whole batch; if it raises or returns the wrong length, every sample fails."""
+    builder = ResultBuilder(samples)
+    if not samples:
+        return builder.result()
+    try:
+        values = fn(
+            data_sources=[s.data_source for s in samples],
+            solution_strs=[s.response for s in samples],
+            ground_truths=[s.ground_truth for s in samples],
+            extra_infos=[s.extra_info for s in samples],
+        )
+        if inspect.isawaitable(values):
+            values = _run(values)
+    except Exception as exc:
+        builder.fail_all(f"the batched reward function raised:\n{_traceback(exc)}")
+        return builder.result()
+    expected = len(samples)
+    if isinstance(values, str | bytes | Mapping) or not (isinstance(values, Sized) and isinstance(values, Iterable)):
+        builder.fail_all(
+            f"the batched reward function returned a {type(values).__name__}; "
+            f"it must return a list of {expected} scores (expected length {expected}, one per sample, in order)"
+        )
+    elif len(values) != expected:
+        builder.fail_all(
+            f"the batched reward function returned {len(values)} scores for {expected} samples; "
+            f"it must return one per sample, in order (expected length {expected})"
+        )
+    else:
+        for index, value in enumerate(values):
+            builder.record(index, value)
+    return builder.result()

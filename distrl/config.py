@@ -139,12 +139,16 @@ class ModelConfig:
 
     path: str | None = None
     """A Hugging Face model folder (or hub name, where the cluster can reach the hub)."""
-    hidden_size: int = 128
+    hidden_size: int = 256
     num_layers: int = 4
     num_heads: int = 4
-    intermediate_size: int = 512
+    intermediate_size: int = 1024
     dtype: str = "float32"
     """Learner parameter dtype: float32 | bfloat16."""
+    warm_start_steps: int = 200
+    """Supervised steps on the built-in task before RL (tiny model only; 0 = none). Cached on disk."""
+    cache_dir: str = "~/.cache/distrl"
+    """Where built and warm-started models are cached."""
 
 
 @dataclass
@@ -160,6 +164,10 @@ class DataConfig:
     skip_bad_rows: bool = False
     """Skip malformed rows (counted) instead of failing before training."""
     shuffle: bool = True
+    task_digits: int = 2
+    """Built-in task: operands have 1 to this many digits."""
+    num_problems: int = 2000
+    """Built-in task: size of the generated training set."""
 
 
 @dataclass
@@ -175,6 +183,8 @@ class RolloutConfig:
     top_p: float = 1.0
     gpu_memory_utilization: float = 0.1
     """vLLM memory fraction; on the CPU build it is the fraction of host memory."""
+    sync_dtype: str = "bfloat16"
+    """dtype of the weights sent to the engines at each sync: bfloat16 | float32."""
 
 
 @dataclass
@@ -196,6 +206,9 @@ class LearnerConfig:
     lr: float = 1e-6
     weight_decay: float = 0.0
     warmup_steps: int = 0
+    """Optimizer steps of linear warmup."""
+    lr_schedule: str = "constant"
+    """constant | cosine (to 0 at the last optimizer step)."""
     grad_clip: float = 1.0
     epochs: int = 1
     """Passes over each rollout batch (PPO epochs)."""
@@ -225,6 +238,13 @@ class TrainerConfig:
     resume: str = "none"
     """none | auto (latest checkpoint in ``output_dir``) | a checkpoint folder."""
     seed: int = 0
+    loggers: list[str] = field(default_factory=lambda: ["console", "jsonl", "tensorboard", "wandb"])
+    """Metric sinks: console | jsonl | tensorboard | wandb."""
+    wandb_project: str = "distrl"
+    wandb_mode: str = "offline"
+    """offline | online | disabled."""
+    max_nonfinite_steps: int = 3
+    """Stop after this many consecutive updates skipped for a NaN/inf gradient."""
 
 
 @dataclass
@@ -235,6 +255,8 @@ class ClusterConfig:
     rollout_engines: int = 1
     cpus_per_actor: float = 1.0
     gpus_per_actor: float = 0.0
+    num_cpus: int | None = None
+    """Logical CPUs of a local Ray instance (None: enough for every role). Ignored on a cluster."""
 
 
 @dataclass

@@ -1,7 +1,8 @@
 """Entry point: ``python -m distrl.train [hydra overrides]`` (console script ``distrl-train``).
 
 ``--cfg job`` prints the composed config. Otherwise the config is validated before anything
-starts; a bad value exits with status 2 and a message naming the field and the fix.
+starts (a bad value exits with status 2 and a message naming the field and the fix), then the
+job trains: locally on a fresh Ray instance, or on the cluster when run by ``ray job submit``.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import sys
 from pathlib import Path
 
 import hydra
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from distrl.config import ConfigError, register_configs, to_config, validate
 
@@ -21,15 +22,25 @@ register_configs()
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
 def run(cfg: DictConfig) -> None:
-    """Validate the composed config, then run the job it describes."""
+    """Validate the composed config, then train."""
     try:
         config = to_config(cfg)
         validate(config)
     except ConfigError as err:
         print(f"distrl: config error: {err}", file=sys.stderr)
         sys.exit(2)
-    print(OmegaConf.to_yaml(cfg))
-    print("distrl: the config is valid; the distributed runtime that trains it is not built yet.")
+    from distrl.trainer import Trainer, TrainingError
+
+    trainer = None
+    try:
+        trainer = Trainer(config)
+        trainer.fit()
+    except (TrainingError, FileNotFoundError, ValueError) as err:
+        print(f"distrl: {err}", file=sys.stderr)
+        sys.exit(1)
+    finally:
+        if trainer is not None:
+            trainer.shutdown()
 
 
 def main() -> None:

@@ -1,0 +1,39 @@
+"""The policy a job starts from: ``model.path`` as given, or the tiny model built and warm-started."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from distrl.config import Config
+from distrl.data.arithmetic import make_problems
+from distrl.models.loading import check_model_path
+from distrl.models.tiny import build_tiny_model
+from distrl.models.warm_start import warm_start
+
+#: Seed offset so the warm-start problems differ from the RL training problems.
+WARM_START_SEED_OFFSET = 10_007
+
+
+def prepare_policy(cfg: Config) -> str:
+    """The folder of the initial policy. With ``model.path`` unset, build the tiny model (cached by
+    its sizes) and warm-start it on the built-in task (cached by everything that determines it)."""
+    if cfg.model.path is not None:
+        check_model_path(cfg.model.path)
+        return cfg.model.path
+    m = cfg.model
+    cache = Path(m.cache_dir).expanduser()
+    base = cache / f"tiny-h{m.hidden_size}-l{m.num_layers}-a{m.num_heads}-i{m.intermediate_size}-s{cfg.trainer.seed}"
+    if not (base / "generation_config.json").exists():  # written last by build_tiny_model
+        build_tiny_model(
+            base,
+            hidden_size=m.hidden_size,
+            num_layers=m.num_layers,
+            num_heads=m.num_heads,
+            intermediate_size=m.intermediate_size,
+            seed=cfg.trainer.seed,
+        )
+    if m.warm_start_steps == 0:
+        return str(base)
+    problems = make_problems(4000, digits=cfg.data.task_digits, seed=cfg.trainer.seed + WARM_START_SEED_OFFSET)
+    pairs = [(p.prompt, p.ground_truth) for p in problems]
+    return str(warm_start(base, pairs, cache / "warm_start", steps=m.warm_start_steps, seed=cfg.trainer.seed))

@@ -1,0 +1,226 @@
+"""Learner role: the policy, sharded with FSDP2 over a torch.distributed group of N actors.
+
+Every rank receives the whole batch by object reference and works on its own shard. One update
+is ``learner.epochs`` passes × ``learner.mini_batches`` optimizer steps; each mini-batch is split
+into micro-batches by a token budget (gradient accumulation). Loss denominators are those of
+the whole mini-batch across ranks, so N ranks compute exactly the update of one (FSDP averages
+gradients over ranks, hence the ``world_size`` factor). gloo on CPU, NCCL on GPU.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import os
+import socket
+from pathlib import Path
+
+import ray
+import torch
+import torch.distributed as dist
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_optimizer_state_dict,
+)
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.fsdp import fully_shard
+
+from distrl.algorithms import aggregate_loss, kl_penalty, policy_loss
+from distrl.config import Config
+from distrl.data.batch import TrajectoryBatch, shard_bounds
+from distrl.models.forward import response_logprobs
+from distrl.models.loading import load_policy, load_tokenizer
+
+FULL_STATE = StateDictOptions(full_state_dict=True, cpu_offload=True)
+
+
+def make_optimizer(params, *, lr: float, weight_decay: float, warmup_steps: int, total_steps: int, schedule: str):
+    """AdamW with linear warmup, then constant or cosine decay to 0 over ``total_steps``."""
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        if schedule == "cosine":
+            progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+            return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+        return 1.0
+
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("", 0))
+        return s.getsockname()[1]
+
+
+@ray.remote
+class Learner:
+    """One rank of the policy learner group."""
+
+    def __init__(self, model_path: str, cfg: Config, *, rank: int, world_size: int) -> None:
+        self.cfg, self.rank, self.world_size = cfg, rank, world_size
+        self.model_path = model_path
+        self.device = torch.device("cuda" if cfg.cluster.gpus_per_actor > 0 and torch.cuda.is_available() else "cpu")
+        torch.set_num_threads(max(1, int(cfg.cluster.cpus_per_actor)))
+
+    def rendezvous(self) -> tuple[str, int]:
+        """Rank 0's address for the process group."""
+        return ray.util.get_node_ip_address(), free_port()
+
+    def setup(self, address: str, port: int, optimizer_state: str | None = None) -> int:
+        """Join the process group, shard the model, build the optimizer (optionally restored)."""
+        backend = "nccl" if self.device.type == "cuda" else "gloo"
+        os.environ.setdefault("TORCH_NCCL_ASYNC_ERROR_HANDLING", "1")
+        dist.init_process_group(
+            backend, init_method=f"tcp://{address}:{port}", rank=self.rank, world_size=self.world_size
+        )
+        mesh = init_device_mesh(self.device.type, (self.world_size,))
+        model = load_policy(self.model_path, self.cfg.model.dtype).to(self.device)
+        model.gradient_checkpointing_disable()
+        for layer in model.model.layers:
+            fully_shard(layer, mesh=mesh)
+        self.model = fully_shard(model, mesh=mesh)
+        learner = self.cfg.learner
+        total = self.cfg.trainer.total_steps * learner.epochs * learner.mini_batches
+        self.optimizer, self.scheduler = make_optimizer(
+            self.model.parameters(),
+            lr=learner.lr,
+            weight_decay=learner.weight_decay,
+            warmup_steps=learner.warmup_steps,
+            total_steps=total,
+            schedule=learner.lr_schedule,
+        )
+        if optimizer_state is not None:
+            saved = torch.load(optimizer_state, map_location="cpu", weights_only=False)
+            set_optimizer_state_dict(self.model, self.optimizer, saved["optimizer"], options=FULL_STATE)
+            self.scheduler.load_state_dict(saved["scheduler"])
+        return sum(p.numel() for p in model.parameters())
+
+    @torch.no_grad()
+    def logprobs(self, batch: TrajectoryBatch) -> torch.Tensor:
+        """This rank's shard's log-probs ``[shard, T]`` under the current policy (old log-probs)."""
+        shard = batch.shard(self.rank, self.world_size)
+        out = torch.zeros_like(shard.response_mask)
+        row = 0
+        for micro in self._micro_batches(batch, shard):
+            lp, _ = response_logprobs(self.model, micro, temperature=self.cfg.rollout.temperature)
+            out[row : row + len(micro), : lp.shape[1]] = lp.float().cpu()
+            row += len(micro)
+        return out
+
+    def _micro_batches(self, whole: TrajectoryBatch, shard: TrajectoryBatch) -> list[TrajectoryBatch]:
+        """Split ``shard`` into as many micro-batches as the busiest rank needs (FSDP needs every
+        rank to run the same number of forward passes)."""
+        width = whole.prompt_len + whole.response_ids.shape[1]
+        bounds = shard_bounds(len(whole), self.world_size)
+        rows = [hi - lo for lo, hi in itertools.pairwise(bounds)]
+        need = max(math.ceil(n * width / self.cfg.learner.micro_batch_tokens) for n in rows)
+        return shard.split(max(1, min(need, min(rows))))
+
+    def update(self, batch: TrajectoryBatch, step: int) -> dict[str, float]:
+        """One policy update on a batch with ``advantages`` and ``old_logprobs`` (and
+        ``ref_logprobs`` when the KL term is a loss). Returns metrics averaged over micro-batches."""
+        cfg = self.cfg
+        self.model.train()
+        sums: dict[str, float] = {}
+        count, skipped, grad_norms = 0, 0, []
+        generator = torch.Generator().manual_seed(cfg.trainer.seed * 100_003 + step)
+        for _ in range(cfg.learner.epochs):
+            order = torch.randperm(len(batch), generator=generator)
+            for mini_index in order.chunk(cfg.learner.mini_batches):
+                mini = batch.select(mini_index)
+                denominators = {"num_seqs": len(mini), "num_tokens": float(mini.response_mask.sum())}
+                for micro in self._micro_batches(mini, mini.shard(self.rank, self.world_size)):
+                    loss, metrics = self._micro_loss(micro, denominators, generator)
+                    (loss * self.world_size).backward()
+                    for k, v in metrics.items():
+                        sums[k] = sums.get(k, 0.0) + float(v)
+                    count += 1
+                grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.learner.grad_clip)
+                grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
+                if math.isfinite(grad_norm):
+                    self.optimizer.step()
+                    grad_norms.append(grad_norm)
+                else:
+                    skipped += 1
+                self.optimizer.zero_grad(set_to_none=True)
+                self.scheduler.step()
+        out = {k: v / max(1, count) for k, v in sums.items()}
+        out["policy/grad_norm"] = sum(grad_norms) / len(grad_norms) if grad_norms else float("nan")
+        out["policy/lr"] = self.scheduler.get_last_lr()[0]
+        out["train/nonfinite_skipped"] = float(skipped)
+        return out
+
+    def _micro_loss(
+        self, micro: TrajectoryBatch, denominators: dict[str, float], generator: torch.Generator
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """Policy loss (+ KL loss − entropy bonus) of one micro-batch, with mini-batch denominators."""
+        alg = self.cfg.algorithm
+        move = {k: v.to(self.device) for k, v in micro.token.items()}
+        mask = micro.response_mask.to(self.device)
+        if alg.mask_truncated:
+            mask = mask * (1 - micro.sample["truncated"].to(self.device))[:, None]
+        logprobs, entropy = response_logprobs(
+            self.model, micro, temperature=self.cfg.rollout.temperature, with_entropy=True
+        )
+        logprobs = logprobs.float()
+        agg = {"max_len": self.cfg.rollout.max_new_tokens, **denominators}
+        loss, metrics = policy_loss(
+            alg.policy_loss,
+            logprobs=logprobs,
+            old_logprobs=move["old_logprobs"],
+            advantages=move["advantages"],
+            response_mask=mask,
+            clip_low=alg.clip_low,
+            clip_high=alg.clip_high,
+            clip_c=alg.clip_c,
+            agg=alg.loss_agg,
+            rollout_logprobs=move["rollout_logprobs"] if alg.tis_cap is not None else None,
+            tis_cap=alg.tis_cap,
+            rollout_correction=alg.rollout_correction,
+            clip_cov_ratio=alg.clip_cov_ratio,
+            clip_cov_lb=alg.clip_cov_lb,
+            clip_cov_ub=alg.clip_cov_ub,
+            kl_cov_ratio=alg.kl_cov_ratio,
+            kl_coef=alg.kl_cov_coef,
+            generator=generator,
+            **agg,
+        )
+        metrics = {k: float(v) for k, v in metrics.items()}
+        metrics["policy/pg_loss"] = float(loss)
+        mean_entropy = aggregate_loss(entropy.float(), mask, alg.loss_agg, **agg)
+        metrics["policy/entropy"] = float((entropy * mask).sum() / mask.sum().clamp(min=1))
+        if alg.kl.coef > 0 and alg.kl.uses_loss:
+            kl = aggregate_loss(kl_penalty(logprobs, move["ref_logprobs"], alg.kl.estimator), mask, alg.loss_agg, **agg)
+            loss = loss + alg.kl.coef * kl
+        if alg.entropy_coef > 0:
+            loss = loss - alg.entropy_coef * mean_entropy
+        metrics["policy/loss"] = float(loss)
+        return loss, metrics
+
+    def state_dict(self, dtype: str) -> dict[str, torch.Tensor] | None:
+        """The full state dict on rank 0 in ``dtype`` (a collective: every rank must call it)."""
+        full = get_model_state_dict(self.model, options=FULL_STATE)
+        if self.rank != 0:
+            return None
+        target = getattr(torch, dtype)
+        return {k: v.to(target) for k, v in full.items()}
+
+    def save(self, folder: str) -> None:
+        """Write a Hugging Face folder (weights, config, tokenizer) plus ``optimizer.pt`` (collective)."""
+        weights = get_model_state_dict(self.model, options=FULL_STATE)
+        optim = get_optimizer_state_dict(self.model, self.optimizer, options=FULL_STATE)
+        if self.rank != 0:
+            return
+        path = Path(folder)
+        self.model.save_pretrained(path, state_dict=weights, safe_serialization=True)
+        load_tokenizer(self.model_path).save_pretrained(path)
+        torch.save({"optimizer": optim, "scheduler": self.scheduler.state_dict()}, path / "optimizer.pt")
+
+    def close(self) -> None:
+        if dist.is_initialized():
+            dist.destroy_process_group()

@@ -1,0 +1,38 @@
+"""Reference role: the frozen initial policy, for the KL term's reference log-probs."""
+
+from __future__ import annotations
+
+import ray
+import torch
+
+from distrl.config import Config
+from distrl.data.batch import TrajectoryBatch
+from distrl.models.forward import response_logprobs
+from distrl.models.loading import load_policy
+
+
+@ray.remote
+class Reference:
+    """One reference actor; a group of N splits each batch into N shards by rank."""
+
+    def __init__(self, model_path: str, cfg: Config, *, rank: int = 0, world_size: int = 1) -> None:
+        torch.set_num_threads(max(1, int(cfg.cluster.cpus_per_actor)))
+        self.device = torch.device("cuda" if cfg.cluster.gpus_per_actor > 0 and torch.cuda.is_available() else "cpu")
+        self.model = load_policy(model_path, cfg.model.dtype).to(self.device).eval()
+        self.cfg, self.rank, self.world_size = cfg, rank, world_size
+
+    @torch.no_grad()
+    def logprobs(self, batch: TrajectoryBatch) -> torch.Tensor:
+        """Reference log-probs ``[shard, T]`` of this rank's shard."""
+        shard = batch.shard(self.rank, self.world_size)
+        out = torch.zeros_like(shard.response_mask)
+        row = 0
+        for micro in shard.micro_batches(self.cfg.learner.micro_batch_tokens):
+            lp, _ = response_logprobs(self.model, micro, temperature=self.cfg.rollout.temperature)
+            out[row : row + len(micro), : lp.shape[1]] = lp.float().cpu()
+            row += len(micro)
+        return out
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The reference weights (PVPO samples from the reference policy with them)."""
+        return {k: v.detach().cpu() for k, v in self.model.state_dict().items()}

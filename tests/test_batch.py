@@ -1,0 +1,59 @@
+"""TrajectoryBatch: padding, selection, concatenation and sharding keep every sample intact."""
+
+import torch
+
+from distrl.data.batch import TrajectoryBatch, shard_bounds
+
+
+def make(prompts, responses, pad=0):
+    return TrajectoryBatch.from_lists(
+        prompts,
+        responses,
+        pad_id=pad,
+        token={"rollout_logprobs": [[-float(t) for t in r] for r in responses]},
+        sample={"scores": [float(i) for i in range(len(prompts))]},
+        meta={"group_ids": [f"g{i}" for i in range(len(prompts))]},
+    )
+
+
+def rows(batch):
+    out = []
+    for i in range(len(batch)):
+        p = batch.prompt_ids[i][batch.prompt_mask[i].bool()].tolist()
+        r = batch.response_ids[i][batch.response_mask[i].bool()].tolist()
+        lp = batch.token["rollout_logprobs"][i][batch.response_mask[i].bool()].tolist()
+        out.append((p, r, lp, batch.sample["scores"][i].item(), batch.meta["group_ids"][i]))
+    return out
+
+
+def test_left_padded_prompts_and_right_padded_responses():
+    b = make([[5, 6, 7], [8]], [[1, 2], [3, 4, 9]], pad=0)
+    assert b.prompt_ids.tolist() == [[5, 6, 7], [0, 0, 8]]
+    assert b.response_ids.tolist() == [[1, 2, 0], [3, 4, 9]]
+    assert b.input_ids[:, b.prompt_len].tolist() == [1, 3]  # every response starts at column P
+    assert b.position_ids[1].tolist() == [0, 0, 0, 1, 2, 3]
+    assert b.response_lengths.tolist() == [2.0, 3.0]
+
+
+def test_select_concat_and_shard_roundtrip():
+    a = make([[5, 6, 7], [8]], [[1, 2], [3, 4, 9]])
+    b = make([[1, 2, 3, 4, 5]], [[7]])
+    both = TrajectoryBatch.concat([a, b])
+    assert rows(both) == rows(a) + rows(b)
+    assert rows(both.select([2, 0])) == [rows(b)[0], rows(a)[0]]
+    assert sum((rows(s) for s in both.split(2)), []) == rows(both)
+    trimmed = both.select([1])
+    assert trimmed.prompt_len == 1 and trimmed.response_ids.shape[1] == 3
+
+
+def test_micro_batches_respect_token_budget():
+    b = make([[1, 2]] * 7, [[3, 4, 5]] * 7)
+    micro = b.micro_batches(token_budget=10)
+    assert [len(m) for m in micro] == [2, 2, 2, 1]
+    assert sum((rows(m) for m in micro), []) == rows(b)
+
+
+def test_shard_bounds_are_near_equal():
+    assert shard_bounds(10, 3) == [0, 3, 7, 10]
+    assert shard_bounds(2, 2) == [0, 1, 2]
+    assert torch.equal(torch.tensor(shard_bounds(5, 1)), torch.tensor([0, 5]))

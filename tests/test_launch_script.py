@@ -1,0 +1,115 @@
+"""``launch/submit.sh`` against a real one-node Ray cluster started by the test.
+
+The head runs with token authentication on, as a Ray 2.60 cluster does once ``~/.ray/auth_token``
+exists, under a private ``HOME`` holding that token; the script must find the token and turn
+``RAY_AUTH_MODE=token`` on by itself. Only one Ray cluster may run on a machine during this test:
+``ray stop --force`` at the end stops every Ray process of this user.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+SUBMIT = REPO / "launch" / "submit.sh"
+RUNTIME_ENV = REPO / "launch" / "runtime_env.yaml"
+BIN = Path(sys.executable).parent
+RAY = BIN / "ray"
+
+
+@dataclass
+class Cluster:
+    """A running local head: its job-server address and the environment that reaches it."""
+
+    address: str
+    env: dict[str, str]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """Start a token-authenticated Ray head on free ports; always stop it afterwards."""
+    if not RAY.exists():
+        pytest.skip(f"no ray CLI beside {sys.executable}")
+    if any(proc.info["name"] in ("gcs_server", "raylet") for proc in psutil.process_iter(["name"])):
+        pytest.skip("a Ray cluster already runs on this machine, and `ray stop --force` would stop it too")
+    home = tmp_path_factory.mktemp("home")
+    (home / ".ray").mkdir()
+    (home / ".ray" / "auth_token").write_text(secrets.token_hex(32))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_AUTH", "RAY_ADDRESS"))}
+    env.update(HOME=str(home), PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}")
+    dashboard_port = _free_port()
+    start = [
+        str(RAY),
+        "start",
+        "--head",
+        f"--port={_free_port()}",
+        f"--dashboard-port={dashboard_port}",
+        f"--ray-client-server-port={_free_port()}",
+        "--num-cpus=2",
+        "--disable-usage-stats",
+    ]
+    try:
+        started = subprocess.run(start, env=env, capture_output=True, text=True, timeout=60)
+        assert started.returncode == 0, started.stdout + started.stderr
+        assert "Token authentication is enabled" in started.stdout + started.stderr
+        yield Cluster(address=f"http://127.0.0.1:{dashboard_port}", env=env)
+    finally:
+        subprocess.run([str(RAY), "stop", "--force"], env=env, capture_output=True, timeout=60)
+
+
+def _submit(cluster: Cluster, cwd: Path, *overrides: str) -> subprocess.CompletedProcess[str]:
+    env = {**cluster.env, "RAY_ADDRESS": cluster.address}
+    return subprocess.run(
+        [str(SUBMIT), *overrides], cwd=cwd, env=env, capture_output=True, text=True, timeout=120, check=False
+    )
+
+
+def test_submit_runs_the_entry_point_with_overrides(cluster: Cluster, tmp_path: Path) -> None:
+    result = _submit(cluster, tmp_path, "--cfg", "job", "algorithm=gspo")
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    assert "policy_loss: gspo" in output
+    assert "RAY_ADDRESS is not set" not in output
+
+
+def test_submit_exits_nonzero_for_a_bad_override(cluster: Cluster, tmp_path: Path) -> None:
+    result = _submit(cluster, tmp_path, "algorithm=nope")
+    assert result.returncode != 0, result.stdout + result.stderr
+
+
+def test_submit_returns_the_jobs_exit_status(cluster: Cluster, tmp_path: Path) -> None:
+    result = _submit(cluster, tmp_path, "algorithm.policy_loss=nope")
+    output = result.stdout + result.stderr
+    assert result.returncode == 2, output
+    assert "config error" in output
+
+
+def test_runtime_env_keeps_the_upload_small_and_installs_nothing() -> None:
+    runtime_env = yaml.safe_load(RUNTIME_ENV.read_text())
+    assert runtime_env["env_vars"]["VLLM_ENABLE_V1_MULTIPROCESSING"] == "0"
+    assert all(isinstance(value, str) for value in runtime_env["env_vars"].values())
+    assert {".venv/", "runs/", "outputs/", ".git/"} <= set(runtime_env["excludes"])
+    assert not {"pip", "uv", "conda", "py_modules"} & set(runtime_env)
+
+
+def test_submit_script_is_executable_bash() -> None:
+    assert os.access(SUBMIT, os.X_OK)
+    assert SUBMIT.read_text().startswith("#!/usr/bin/env bash\n")
+    assert subprocess.run(["bash", "-n", str(SUBMIT)], check=False).returncode == 0

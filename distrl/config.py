@@ -158,7 +158,7 @@ class DataConfig:
     train_files: list[str] = field(default_factory=list)
     """JSONL or Parquet files in verl's layout (prompt, data_source, reward_model.ground_truth)."""
     val_files: list[str] = field(default_factory=list)
-    train_batch_size: int = 8
+    train_batch_size: int = 16
     """Prompts per step."""
     max_prompt_len: int = 256
     skip_bad_rows: bool = False
@@ -166,8 +166,8 @@ class DataConfig:
     shuffle: bool = True
     task_digits: int = 2
     """Built-in task: operands have 1 to this many digits."""
-    num_problems: int = 2000
-    """Built-in task: size of the generated training set."""
+    num_problems: int = 256
+    """Built-in task: size of the generated training set (small enough that RL revisits each problem)."""
 
 
 @dataclass
@@ -176,7 +176,7 @@ class RolloutConfig:
 
     engine: str = "vllm"
     """vllm | hf (HF generate: fallback and parity tests)."""
-    n: int = 4
+    n: int = 8
     """Samples per prompt (G)."""
     max_new_tokens: int = 16
     temperature: float = 1.0
@@ -231,7 +231,7 @@ class CriticConfig:
 class TrainerConfig:
     """The step loop."""
 
-    total_steps: int = 20
+    total_steps: int = 200
     output_dir: str = "runs/default"
     save_every: int = 0
     """Checkpoint every this many steps (0 = only at the end)."""

@@ -1,4 +1,64 @@
 import sys
 from pathlib import Path
 
+import pytest
+
 sys.path.insert(0, str(Path(__file__).parent))
+
+ROOT = Path(__file__).resolve().parent.parent
+
+#: Overrides that make a job small enough for a 2-core CI machine.
+TINY = [
+    "model.hidden_size=64",
+    "model.num_layers=2",
+    "model.num_heads=2",
+    "model.intermediate_size=128",
+    "model.warm_start_steps=20",
+    "data.train_batch_size=2",
+    "data.num_problems=32",
+    "rollout.n=4",
+    "rollout.max_new_tokens=6",
+    "trainer.total_steps=2",
+    "trainer.loggers=[jsonl]",
+    "algorithm.pvpo_samples=2",
+    "cluster.cpus_per_actor=0.5",
+]
+
+
+@pytest.fixture(scope="session")
+def model_cache(tmp_path_factory) -> Path:
+    """One cache of built and warm-started tiny models for the whole session."""
+    return tmp_path_factory.mktemp("model_cache")
+
+
+@pytest.fixture
+def tiny_config(tmp_path, model_cache):
+    """``tiny_config(*overrides)`` → a validated Config writing into tmp_path."""
+    from hydra import compose, initialize_config_dir
+
+    from distrl.config import register_configs, to_config, validate
+
+    register_configs()
+
+    def make(*overrides: str):
+        with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+            cfg = compose(
+                config_name="config",
+                overrides=[*TINY, f"model.cache_dir={model_cache}", f"trainer.output_dir={tmp_path / 'run'}",
+                           *overrides],
+            )  # fmt: skip
+        config = to_config(cfg)
+        validate(config)
+        return config
+
+    return make
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    """A local Ray instance shared by the tests of one module."""
+    import ray
+
+    ray.init(address="local", num_cpus=8, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()

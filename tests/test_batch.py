@@ -41,7 +41,7 @@ def test_select_concat_and_shard_roundtrip():
     both = TrajectoryBatch.concat([a, b])
     assert rows(both) == rows(a) + rows(b)
     assert rows(both.select([2, 0])) == [rows(b)[0], rows(a)[0]]
-    assert sum((rows(s) for s in both.split(2)), []) == rows(both)
+    assert [r for s in both.split(2) for r in rows(s)] == rows(both)
     trimmed = both.select([1])
     assert trimmed.prompt_len == 1 and trimmed.response_ids.shape[1] == 3
 
@@ -50,7 +50,7 @@ def test_micro_batches_respect_token_budget():
     b = make([[1, 2]] * 7, [[3, 4, 5]] * 7)
     micro = b.micro_batches(token_budget=10)
     assert [len(m) for m in micro] == [2, 2, 2, 1]
-    assert sum((rows(m) for m in micro), []) == rows(b)
+    assert [r for m in micro for r in rows(m)] == rows(b)
 
 
 def test_shard_bounds_are_near_equal():

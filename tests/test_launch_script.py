@@ -8,6 +8,7 @@ exists, under a private ``HOME`` holding that token; the script must find the to
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import socket
@@ -74,11 +75,24 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         subprocess.run([str(RAY), "stop", "--force"], env=env, capture_output=True, timeout=60)
 
 
-def _submit(cluster: Cluster, cwd: Path, *overrides: str) -> subprocess.CompletedProcess[str]:
+def _submit(cluster: Cluster, cwd: Path, *overrides: str, timeout: int = 120) -> subprocess.CompletedProcess[str]:
     env = {**cluster.env, "RAY_ADDRESS": cluster.address}
     return subprocess.run(
-        [str(SUBMIT), *overrides], cwd=cwd, env=env, capture_output=True, text=True, timeout=120, check=False
+        [str(SUBMIT), *overrides], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, check=False
     )
+
+
+def test_submit_trains_two_steps_on_the_cluster(cluster: Cluster, tmp_path: Path, model_cache: Path) -> None:
+    from conftest import TINY
+
+    out = tmp_path / "run"
+    result = _submit(
+        cluster, tmp_path, *TINY, f"model.cache_dir={model_cache}", f"trainer.output_dir={out}", timeout=400
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "succeeded" in result.stdout + result.stderr
+    steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2]
 
 
 def test_submit_runs_the_entry_point_with_overrides(cluster: Cluster, tmp_path: Path) -> None:

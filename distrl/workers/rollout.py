@@ -9,6 +9,7 @@ object-store reference to a state dict and are loaded in place.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -142,6 +143,14 @@ class HFEngine:
 ENGINES = {"vllm": VllmEngine, "hf": HFEngine}
 
 
+class _RotaryReloadNotice(logging.Filter):
+    """Drops vLLM's per-sync "RotaryEmbedding: Failed to load weights": the rotary cache is a
+    buffer that checkpoints never hold, and vLLM restores it right after warning."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.getMessage() == "RotaryEmbedding: Failed to load weights")
+
+
 @ray.remote
 class RolloutWorker:
     """One generation engine; a rollout group is several of these, each given a shard of prompts."""
@@ -150,6 +159,8 @@ class RolloutWorker:
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+        os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+        logging.getLogger("vllm").addFilter(_RotaryReloadNotice())
         self.cfg = cfg
         self.tokenizer = load_tokenizer(model_path)
         self.engine = ENGINES[cfg.engine](model_path, cfg, max_model_len=max_model_len, seed=seed + rank)

@@ -1,0 +1,32 @@
+"""Two Ray nodes on one machine: the roles spread over both and a training step runs."""
+
+import pytest
+import ray
+from ray.cluster_utils import Cluster
+from ray.util.state import list_actors
+from test_runtime import SPREAD, train
+
+
+@pytest.fixture
+def two_nodes():
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "include_dashboard": False})
+    cluster.add_node(num_cpus=2)
+    ray.init(address=cluster.address, log_to_driver=False)
+    yield cluster
+    ray.shutdown()
+    cluster.shutdown()
+
+
+def test_roles_use_both_nodes_and_train(two_nodes, tiny_config):
+    # rollout 1 + learners 2 + reward 1 = 4 CPUs: more than either node has.
+    cfg = tiny_config(
+        "algorithm=dapo", SPREAD, "cluster.learners=2", "cluster.cpus_per_actor=1", "trainer.total_steps=1"
+    )
+    nodes: set[str] = set()
+
+    def record_nodes() -> None:
+        nodes.update(a.node_id for a in list_actors(filters=[("state", "=", "ALIVE")]))
+
+    _, metrics = train(cfg, on_start=record_nodes)
+    assert [m["step"] for m in metrics] == [1]
+    assert len(nodes) == 2

@@ -1,0 +1,85 @@
+"""Weight sync into a live vLLM engine, and FSDP2 over gloo with 2 ranks equal to 1 rank."""
+
+import pytest
+import ray
+import torch
+
+from distrl.data.batch import TrajectoryBatch
+from distrl.models.prepare import prepare_policy
+from distrl.models.tiny import build_tokenizer
+from distrl.workers.group import ActorGroup
+from distrl.workers.learner import Learner
+from distrl.workers.rollout import RolloutWorker
+
+pytestmark = pytest.mark.usefixtures("ray_local")
+
+
+def learner_group(path, cfg, count):
+    group = ActorGroup("learner", Learner, count, cpus=0.5, gpus=0, args=(path, cfg))
+    address, port = group.get(group.actors[0].rendezvous.remote())
+    group.get(group.call_all("setup", address, port))
+    return group
+
+
+def update_batch(seed: int = 0) -> TrajectoryBatch:
+    """Six samples with fixed responses and advantages, old log-probs filled in later."""
+    tok = build_tokenizer()
+    gen = torch.Generator().manual_seed(seed)
+    prompts = [tok(f"{a}+{b}=")["input_ids"] for a, b in [(1, 2), (30, 4), (5, 66), (7, 8), (91, 2), (3, 3)]]
+    responses = [tok(r)["input_ids"] + [tok.eos_token_id] for r in ["3", "34", "71", "15", "93", "6"]]
+    batch = TrajectoryBatch.from_lists(
+        prompts, responses, pad_id=tok.pad_token_id, token={"rollout_logprobs": [[0.0] * len(r) for r in responses]},
+        sample={"truncated": [0.0] * 6}, meta={"group_ids": ["a"] * 3 + ["b"] * 3},
+    )  # fmt: skip
+    batch.token["advantages"] = torch.randn(6, 1, generator=gen).expand_as(batch.response_mask) * batch.response_mask
+    return batch
+
+
+def with_old_logprobs(group, batch):
+    batch.token["old_logprobs"] = torch.cat(group.get(group.call_all("logprobs", batch)))
+    return batch
+
+
+def test_engine_logprobs_follow_the_learner_after_a_weight_sync(tiny_config):
+    cfg = tiny_config("learner.lr=0.05")
+    path = prepare_policy(cfg)
+    learner = learner_group(path, cfg, 1)
+    engine = RolloutWorker.remote(path, cfg.rollout, max_model_len=64, seed=0)
+    try:
+        batch = with_old_logprobs(learner, update_batch())
+        prompt = batch.prompt_ids[1][batch.prompt_mask[1].bool()].tolist()
+        response = batch.response_ids[1][batch.response_mask[1].bool()].tolist()
+        before = torch.tensor(ray.get(engine.sequence_logprobs.remote(prompt, response)))
+        assert torch.allclose(before, batch.token["old_logprobs"][1, : len(response)], atol=1e-4)
+
+        learner.get(learner.call_all("update", batch, 0))
+        weights = learner.call_all("state_dict", "bfloat16")[0]
+        assert ray.get(engine.load_weights.remote(weights, 1)) == 1
+        after = torch.tensor(ray.get(engine.sequence_logprobs.remote(prompt, response)))
+        trained = torch.cat(learner.get(learner.call_all("logprobs", batch)))[1, : len(response)]
+
+        assert (after - before).abs().max() > 0.05  # the engine really has new weights
+        assert torch.allclose(after, trained, atol=0.03)  # the learner's, up to bf16 rounding
+    finally:
+        learner.shutdown()
+        ray.kill(engine)
+
+
+def test_two_fsdp_learners_give_the_same_update_as_one(tiny_config):
+    cfg = tiny_config("learner.lr=0.01", "learner.micro_batch_tokens=16")
+    path = prepare_policy(cfg)
+    results = {}
+    for count in (1, 2):
+        group = learner_group(path, cfg, count)
+        try:
+            batch = with_old_logprobs(group, update_batch())
+            metrics = group.get(group.call_all("update", batch, 0))
+            weights = group.get(group.call_all("state_dict", "float32"))[0]
+            results[count] = (metrics, weights)
+        finally:
+            group.shutdown()
+    (m1, w1), (m2, w2) = results[1], results[2]
+    assert m1[0]["policy/grad_norm"] == pytest.approx(m2[0]["policy/grad_norm"], rel=1e-4)
+    assert m1[0]["policy/grad_norm"] > 0
+    for name in w1:
+        assert torch.allclose(w1[name], w2[name], atol=1e-5), name

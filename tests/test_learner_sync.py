@@ -3,6 +3,7 @@
 import pytest
 import ray
 import torch
+from transformers import AutoModelForCausalLM
 
 from distrl.data.batch import TrajectoryBatch
 from distrl.models.prepare import prepare_policy
@@ -41,7 +42,7 @@ def with_old_logprobs(group, batch):
 
 
 def test_engine_logprobs_follow_the_learner_after_a_weight_sync(tiny_config):
-    cfg = tiny_config("learner.lr=0.05")
+    cfg = tiny_config("learner.lr=0.05", "algorithm.kl.coef=0")
     path = prepare_policy(cfg)
     learner = learner_group(path, cfg, 1)
     engine = RolloutWorker.remote(path, cfg.rollout, max_model_len=64, seed=0)
@@ -66,7 +67,7 @@ def test_engine_logprobs_follow_the_learner_after_a_weight_sync(tiny_config):
 
 
 def test_two_fsdp_learners_give_the_same_update_as_one(tiny_config):
-    cfg = tiny_config("learner.lr=0.01", "learner.micro_batch_tokens=16")
+    cfg = tiny_config("learner.lr=0.01", "learner.micro_batch_tokens=16", "algorithm.kl.coef=0")
     path = prepare_policy(cfg)
     results = {}
     for count in (1, 2):
@@ -81,5 +82,8 @@ def test_two_fsdp_learners_give_the_same_update_as_one(tiny_config):
     (m1, w1), (m2, w2) = results[1], results[2]
     assert m1[0]["policy/grad_norm"] == pytest.approx(m2[0]["policy/grad_norm"], rel=1e-4)
     assert m1[0]["policy/grad_norm"] > 0
-    for name in w1:
-        assert torch.allclose(w1[name], w2[name], atol=1e-5), name
+    initial = AutoModelForCausalLM.from_pretrained(path).state_dict()
+    moved = max((w1[k] - initial[k]).abs().max().item() for k in w1)
+    assert moved > 5e-3  # Adam's first step moves weights by about lr = 0.01
+    for name in w1:  # equal up to float summation order, 1% of the step
+        assert torch.allclose(w1[name], w2[name], atol=1e-4), name

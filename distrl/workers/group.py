@@ -71,13 +71,28 @@ class ActorGroup:
         return [getattr(a, method).remote(*args, **kwargs) for a, args in zip(self.actors, per_actor, strict=True)]
 
     def get(self, refs: ray.ObjectRef | list[ray.ObjectRef]) -> Any:
-        """``ray.get`` that names this role when one of its actors has died."""
+        """``ray.get`` that raises :class:`RoleDiedError` when an actor (of any role) has died."""
         try:
             return ray.get(refs)
         except (RayActorError, ActorDiedError, ActorUnavailableError) as err:
-            raise RoleDiedError(f"a {self.role} actor died: {err}") from err
+            raise RoleDiedError(f"an actor died while waiting for the {self.role} role") from err
+        except ray.exceptions.RayTaskError as err:
+            if isinstance(err.cause, RayActorError | ActorDiedError | ActorUnavailableError):
+                raise RoleDiedError(f"an actor died while waiting for the {self.role} role") from err
+            raise
+
+    def dead_ranks(self, timeout_s: float = 10.0) -> list[int]:
+        """Ranks of this group's actors that no longer answer."""
+        dead = []
+        for rank, actor in enumerate(self.actors):
+            try:
+                ray.get(actor.__ray_ready__.remote(), timeout=timeout_s)
+            except (RayActorError, ActorDiedError, ActorUnavailableError, ray.exceptions.GetTimeoutError):
+                dead.append(rank)
+        return dead
 
     def shutdown(self) -> None:
+        """Kill the actors and release their placement group."""
         for actor in self.actors:
             ray.kill(actor)
         remove_placement_group(self.placement)

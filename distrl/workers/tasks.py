@@ -22,7 +22,7 @@ def _join(parts: list[torch.Tensor], width: int) -> torch.Tensor:
     return torch.cat([torch.nn.functional.pad(p, (0, width - p.shape[1])) for p in parts])
 
 
-@ray.remote
+@ray.remote(num_cpus=0)
 def assemble(parts: list[tuple[list, list[int]]]) -> TrajectoryBatch:
     """Concatenate ``batch.select(indices)`` over ``(batch_ref in a list, indices)`` parts."""
     return TrajectoryBatch.concat([ray.get(ref[0]).select(indices) for ref, indices in parts])
@@ -35,7 +35,7 @@ def _baseline(batch: TrajectoryBatch, values: dict[int, float] | None) -> torch.
     return torch.tensor([values.get(i, 0.0) for i in batch.meta["prompt_indices"]])
 
 
-@ray.remote(num_returns=2)
+@ray.remote(num_cpus=0, num_returns=2)
 def prepare_update(
     batch: TrajectoryBatch,
     old_parts: list,

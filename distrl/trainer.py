@@ -20,7 +20,7 @@ import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import ray
@@ -45,6 +45,23 @@ from distrl.workers.tasks import assemble, prepare_update
 
 class TrainingError(RuntimeError):
     """The run cannot go on; the message says why and where the last checkpoint is."""
+
+
+@dataclass
+class NonFiniteGuard:
+    """Counts consecutive updates skipped for a NaN/inf gradient and stops the run at ``limit``."""
+
+    limit: int
+    in_a_row: int = 0
+
+    def observe(self, skipped: bool, last_checkpoint: Path | None) -> None:
+        self.in_a_row = self.in_a_row + 1 if skipped else 0
+        if self.in_a_row >= self.limit:
+            raise TrainingError(
+                f"{self.in_a_row} updates in a row had NaN/inf gradients and were skipped "
+                f"(trainer.max_nonfinite_steps={self.limit}); lower learner.lr or check the rewards. "
+                f"Last checkpoint: {last_checkpoint or 'none'}"
+            )
 
 
 def load_prompts(cfg: Config) -> list[PromptRecord]:
@@ -80,7 +97,7 @@ class Trainer:
         )
         if "data" in state:
             self.stream.load_state(state["data"])
-        self.nonfinite_in_a_row = 0
+        self.nonfinite = NonFiniteGuard(cfg.trainer.max_nonfinite_steps)
 
         if not ray.is_initialized():
             if os.environ.get("RAY_ADDRESS"):  # a `ray job submit` driver, or a user's cluster
@@ -144,7 +161,9 @@ class Trainer:
             for step in range(self.start_step, cfg.trainer.total_steps):
                 metrics = self.step(step)
                 self.metrics.log(step + 1, metrics)
-                self._check_finite(metrics, last_saved)
+                if metrics["train/nonfinite_skipped"]:
+                    self.metrics.print(f"distrl: step {step + 1}: NaN/inf gradient, update skipped")
+                self.nonfinite.observe(metrics["train/nonfinite_skipped"] > 0, last_saved)
                 every = cfg.trainer.save_every
                 if (every and (step + 1) % every == 0) or step + 1 == cfg.trainer.total_steps:
                     last_saved = self.save(step + 1)
@@ -343,17 +362,6 @@ class Trainer:
             "pvpo_values": self.pvpo_values,
         }
         return checkpoint.finish(staging, state)
-
-    def _check_finite(self, metrics: dict[str, float], last_saved: Path | None) -> None:
-        skipped = metrics.get("train/nonfinite_skipped", 0.0) > 0
-        self.nonfinite_in_a_row = self.nonfinite_in_a_row + 1 if skipped else 0
-        if skipped:
-            self.metrics.print("distrl: the update had a NaN/inf gradient and was skipped")
-        if self.nonfinite_in_a_row >= self.cfg.trainer.max_nonfinite_steps:
-            raise TrainingError(
-                f"{self.nonfinite_in_a_row} updates in a row had NaN/inf gradients (trainer.max_nonfinite_steps); "
-                f"lower learner.lr or check the rewards. Last checkpoint: {last_saved or 'none'}"
-            )
 
     @staticmethod
     def _mean_dicts(dicts: list[dict[str, float]]) -> dict[str, float]:

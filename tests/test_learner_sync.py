@@ -87,3 +87,29 @@ def test_two_fsdp_learners_give_the_same_update_as_one(tiny_config):
     assert moved > 5e-3  # Adam's first step moves weights by about lr = 0.01
     for name in w1:  # equal up to float summation order, 1% of the step
         assert torch.allclose(w1[name], w2[name], atol=1e-4), name
+
+
+def test_a_nonfinite_update_is_skipped_and_leaves_the_weights(tiny_config):
+    cfg = tiny_config("algorithm.kl.coef=0")
+    path = prepare_policy(cfg)
+    group = learner_group(path, cfg, 1)
+    try:
+        batch = with_old_logprobs(group, update_batch())
+        before = group.get(group.call_all("state_dict", "float32"))[0]
+        batch.token["advantages"][0, 0] = float("nan")
+        metrics = group.get(group.call_all("update", batch, 0))[0]
+        after = group.get(group.call_all("state_dict", "float32"))[0]
+    finally:
+        group.shutdown()
+    assert metrics["train/nonfinite_skipped"] == 1.0
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_nonfinite_guard_stops_after_k_in_a_row(tmp_path):
+    from distrl.trainer import NonFiniteGuard, TrainingError
+
+    guard = NonFiniteGuard(limit=3)
+    for skipped in (True, True, False, True, True):
+        guard.observe(skipped, None)
+    with pytest.raises(TrainingError, match=r"3 updates in a row.*Last checkpoint: .*step_4"):
+        guard.observe(True, tmp_path / "step_4")

@@ -27,7 +27,9 @@ if TYPE_CHECKING:
     from torch.utils.tensorboard import SummaryWriter
 
 METRIC_GLOSSARY: dict[str, str] = {
-    "reward/mean": "Mean reward of the step's responses, as the reward group scored them.",
+    "reward/mean": "Mean reward of every response generated this step, before shaping (overlong, KL).",
+    "advantages/mean": "Mean advantage over the response tokens of the training batch.",
+    "policy/pg_loss": "Policy-gradient part of the loss (without the KL and entropy terms), per micro-batch mean.",
     "reward/std": "Standard deviation of the step's response rewards across the whole batch.",
     "reward/accuracy": "Fraction of the step's responses a verifier judged correct (rule-based rewards).",
     "reward/errors": "Responses whose reward function raised or timed out (scored as failures).",

@@ -201,7 +201,7 @@ class Trainer:
             shaped = ray.get(shaped)
 
         with self.timed(timings, "update"):
-            policy_refs = self.learner.call_all("update", update_ref, step)
+            policy_refs = self.learner.call_all("update", update_ref, step, self.kl_coef)
             critic_refs = self.critic.call_all("update", update_ref, step) if self.critic else []
             policy = self._mean_dicts(self.learner.get(policy_refs))
             critic = self.critic.get(critic_refs)[0] if self.critic else {}

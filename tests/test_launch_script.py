@@ -14,6 +14,7 @@ import secrets
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,8 +49,11 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     """Start a token-authenticated Ray head on free ports; always stop it afterwards."""
     if not RAY.exists():
         pytest.skip(f"no ray CLI beside {sys.executable}")
-    if any(proc.info["name"] in ("gcs_server", "raylet") for proc in psutil.process_iter(["name"])):
-        pytest.skip("a Ray cluster already runs on this machine, and `ray stop --force` would stop it too")
+    deadline = time.monotonic() + 30  # a Ray instance an earlier test module shut down may take a while to exit
+    while any(proc.info["name"] in ("gcs_server", "raylet") for proc in psutil.process_iter(["name"])):
+        if time.monotonic() > deadline:
+            pytest.skip("a Ray cluster already runs on this machine, and `ray stop --force` would stop it too")
+        time.sleep(1)
     home = tmp_path_factory.mktemp("home")
     (home / ".ray").mkdir()
     (home / ".ray" / "auth_token").write_text(secrets.token_hex(32))

@@ -121,9 +121,10 @@ class Learner:
         need = max(math.ceil(n * width / self.cfg.learner.micro_batch_tokens) for n in rows)
         return shard.split(max(1, min(need, min(rows))))
 
-    def update(self, batch: TrajectoryBatch, step: int) -> dict[str, float]:
+    def update(self, batch: TrajectoryBatch, step: int, kl_coef: float = 0.0) -> dict[str, float]:
         """One policy update on a batch with ``advantages`` and ``old_logprobs`` (and
-        ``ref_logprobs`` when the KL term is a loss). Returns metrics averaged over micro-batches."""
+        ``ref_logprobs`` when the KL term is a loss, weighted by ``kl_coef``, which the adaptive
+        controller may change between steps). Returns metrics averaged over micro-batches."""
         cfg = self.cfg
         self.model.train()
         sums: dict[str, float] = {}
@@ -135,7 +136,7 @@ class Learner:
                 mini = batch.select(mini_index)
                 denominators = {"num_seqs": len(mini), "num_tokens": float(mini.response_mask.sum())}
                 for micro in self._micro_batches(mini, mini.shard(self.rank, self.world_size)):
-                    loss, metrics = self._micro_loss(micro, denominators, generator)
+                    loss, metrics = self._micro_loss(micro, denominators, generator, kl_coef)
                     (loss * self.world_size).backward()
                     for k, v in metrics.items():
                         sums[k] = sums.get(k, 0.0) + float(v)
@@ -156,7 +157,7 @@ class Learner:
         return out
 
     def _micro_loss(
-        self, micro: TrajectoryBatch, denominators: dict[str, float], generator: torch.Generator
+        self, micro: TrajectoryBatch, denominators: dict[str, float], generator: torch.Generator, kl_coef: float
     ) -> tuple[torch.Tensor, dict[str, float]]:
         """Policy loss (+ KL loss − entropy bonus) of one micro-batch, with mini-batch denominators."""
         alg = self.cfg.algorithm
@@ -194,9 +195,9 @@ class Learner:
         metrics["policy/pg_loss"] = float(loss)
         mean_entropy = aggregate_loss(entropy.float(), mask, alg.loss_agg, **agg)
         metrics["policy/entropy"] = float((entropy * mask).sum() / mask.sum().clamp(min=1))
-        if alg.kl.coef > 0 and alg.kl.uses_loss:
+        if kl_coef > 0 and alg.kl.uses_loss:
             kl = aggregate_loss(kl_penalty(logprobs, move["ref_logprobs"], alg.kl.estimator), mask, alg.loss_agg, **agg)
-            loss = loss + alg.kl.coef * kl
+            loss = loss + kl_coef * kl
         if alg.entropy_coef > 0:
             loss = loss - alg.entropy_coef * mean_entropy
         metrics["policy/loss"] = float(loss)

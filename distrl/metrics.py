@@ -217,7 +217,7 @@ class MetricsLogger:
         self._jsonl = self._open_jsonl() if "jsonl" in self.sinks else None
         self._tensorboard = self._open_tensorboard() if "tensorboard" in self.sinks else None
         self._wandb_run: Any = None
-        self._console = (console or Console()) if "console" in self.sinks else None
+        self._console = (console or Console(soft_wrap=True)) if "console" in self.sinks else None
         self._progress: Progress | None = None
         self._task: Any = None
         if self._console is not None and self._console.is_terminal:

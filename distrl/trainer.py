@@ -237,7 +237,7 @@ class Trainer:
         does not always solve). Returns the assembled batch's reference and the step's statistics."""
         cfg, alg = self.cfg, self.cfg.algorithm
         wanted = cfg.data.train_batch_size
-        parts: list[tuple[list, list[int]]] = []
+        parts: list[tuple[ray.ObjectRef, list[int]]] = []
         kept = filtered = rounds = 0
         seen: dict[str, list[float]] = {
             "raw_scores": [],
@@ -291,7 +291,7 @@ class Trainer:
                         take.extend(rows)
                         kept += 1
                 if take:
-                    parts.append(([batch_ref], take))
+                    parts.append((batch_ref, take))
         if first_error and errors:
             self.metrics.print(f"distrl: {errors} sample(s) failed to score (scored 0); first error:\n{first_error}")
         batch_ref = assemble.remote(parts)

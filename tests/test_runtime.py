@@ -110,3 +110,8 @@ def test_malformed_dataset_fails_before_training_with_row_number(tiny_config, tm
     data.write_text('{"prompt": "1+1=", "data_source": "arithmetic", "reward_model": {"ground_truth": "2"}}\n{"oops"\n')
     with pytest.raises(ValueError, match="row 2"):
         Trainer(tiny_config(f"data.train_files=[{data}]"))
+
+
+def test_missing_dataset_file_fails_before_any_actor(tiny_config, tmp_path):
+    with pytest.raises(ValueError, match=r"nowhere\.jsonl.*data\.train_files"):
+        Trainer(tiny_config(f"data.train_files=[{tmp_path / 'nowhere.jsonl'}]"))

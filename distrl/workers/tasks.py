@@ -23,9 +23,10 @@ def _join(parts: list[torch.Tensor], width: int) -> torch.Tensor:
 
 
 @ray.remote(num_cpus=0)
-def assemble(parts: list[tuple[list, list[int]]]) -> TrajectoryBatch:
-    """Concatenate ``batch.select(indices)`` over ``(batch_ref in a list, indices)`` parts."""
-    return TrajectoryBatch.concat([ray.get(ref[0]).select(indices) for ref, indices in parts])
+def assemble(parts: list[tuple[ray.ObjectRef, list[int]]]) -> TrajectoryBatch:
+    """Concatenate ``batch.select(indices)`` over ``(batch_ref, indices)`` parts (refs nested in
+    a list reach the task unresolved, so only the kept samples are copied)."""
+    return TrajectoryBatch.concat([ray.get(ref).select(indices) for ref, indices in parts])
 
 
 def _baseline(batch: TrajectoryBatch, values: dict[int, float] | None) -> torch.Tensor | None:

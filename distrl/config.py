@@ -248,13 +248,31 @@ class TrainerConfig:
 
 
 @dataclass
+class RoleResources:
+    """What one actor of a role asks Ray for: one placement-group bundle. Fractions colocate
+    roles (two actors with gpus=0.5 share a GPU); on CPU, torch uses ceil(cpus) threads."""
+
+    cpus: float = 0.5
+    gpus: float = 0.0
+
+
+@dataclass
 class ClusterConfig:
-    """Actor placement."""
+    """Actor placement: how many actors of each role, and each role's bundle.
+
+    The defaults fit a 2-core laptop or a 2-CPU Ray head: the synchronous step runs the roles
+    mostly one after another, so they share cores.
+    """
 
     learners: int = 1
+    """Learner ranks (one FSDP2 group)."""
     rollout_engines: int = 1
-    cpus_per_actor: float = 1.0
-    gpus_per_actor: float = 0.0
+    """vLLM engines; each generates a shard of the prompts."""
+    rollout: RoleResources = field(default_factory=RoleResources)
+    learner: RoleResources = field(default_factory=RoleResources)
+    reference: RoleResources = field(default_factory=lambda: RoleResources(cpus=0.25))
+    critic: RoleResources = field(default_factory=lambda: RoleResources(cpus=0.25))
+    reward: RoleResources = field(default_factory=lambda: RoleResources(cpus=0.25))
     num_cpus: int | None = None
     """Logical CPUs of a local Ray instance (None: enough for every role). Ignored on a cluster."""
 

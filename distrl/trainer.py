@@ -107,25 +107,20 @@ class Trainer:
         c = cfg.cluster
         max_len = cfg.data.max_prompt_len + cfg.rollout.max_new_tokens
         self.rollout = ActorGroup(
-            "rollout", RolloutWorker, c.rollout_engines, cpus=c.cpus_per_actor, gpus=c.gpus_per_actor,
-            args=(policy_path, cfg.rollout), kwargs={"max_model_len": max_len, "seed": cfg.trainer.seed},
-            ranked=False,
+            "rollout", RolloutWorker, c.rollout_engines, c.rollout, args=(policy_path, cfg.rollout),
+            kwargs={"max_model_len": max_len, "seed": cfg.trainer.seed}, ranked=False,
         )  # fmt: skip
-        self.learner = ActorGroup(
-            "learner", Learner, c.learners, cpus=c.cpus_per_actor, gpus=c.gpus_per_actor, args=(policy_path, cfg)
-        )
-        self.reward = ActorGroup("reward", RewardWorker, 1, cpus=min(1.0, c.cpus_per_actor), gpus=0, args=(cfg,),
-                                 ranked=False)  # fmt: skip
+        self.learner = ActorGroup("learner", Learner, c.learners, c.learner, args=(policy_path, cfg))
+        self.reward = ActorGroup("reward", RewardWorker, 1, c.reward, args=(cfg,), ranked=False)
         self.reference = (
-            ActorGroup("reference", Reference, 1, cpus=c.cpus_per_actor, gpus=c.gpus_per_actor,
-                       args=(self.initial_model, cfg))
+            ActorGroup("reference", Reference, 1, c.reference, args=(self.initial_model, cfg))
             if alg.needs_reference else None
         )  # fmt: skip
         use_critic = cfg.critic.enable if cfg.critic.enable is not None else alg.needs_values
         critic_state = str(self.resumed / "critic") if self.resumed and use_critic else None
         self.critic = (
-            ActorGroup("critic", Critic, 1, cpus=c.cpus_per_actor, gpus=c.gpus_per_actor,
-                       args=(self.initial_model, cfg), kwargs={"state": critic_state}, ranked=False)
+            ActorGroup("critic", Critic, 1, c.critic, args=(self.initial_model, cfg),
+                       kwargs={"state": critic_state}, ranked=False)
             if use_critic else None
         )  # fmt: skip
         address, port = self.learner.get(self.learner.actors[0].rendezvous.remote())
@@ -144,10 +139,11 @@ class Trainer:
         )
 
     def _cpus_needed(self) -> int:
-        """Logical CPUs for a local Ray instance: one bundle per actor of every role."""
+        """Logical CPUs for a local Ray instance: every role's bundles, rounded up."""
         c, alg = self.cfg.cluster, self.cfg.algorithm
-        actors = c.rollout_engines + c.learners + 1 + int(alg.needs_reference) + int(alg.needs_values)
-        return math.ceil(actors * c.cpus_per_actor) + 1
+        total = c.rollout_engines * c.rollout.cpus + c.learners * c.learner.cpus + c.reward.cpus
+        total += c.reference.cpus * alg.needs_reference + c.critic.cpus * alg.needs_values
+        return max(1, math.ceil(total))
 
     # ------------------------------------------------------------------ the loop
 

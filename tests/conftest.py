@@ -21,7 +21,6 @@ TINY = [
     "trainer.total_steps=2",
     "trainer.loggers=[jsonl]",
     "algorithm.pvpo_samples=2",
-    "cluster.cpus_per_actor=0.5",
 ]
 
 

@@ -17,9 +17,15 @@ def two_nodes():
 
 
 def test_roles_use_both_nodes_and_train(two_nodes, tiny_config):
-    # rollout 1 + learners 2 + reward 1 = 4 CPUs: more than either node has.
+    # rollout 1 + learners 2 × 1 + reward 1 = 4 CPUs: more than either node has.
     cfg = tiny_config(
-        "algorithm=dapo", SPREAD, "cluster.learners=2", "cluster.cpus_per_actor=1", "trainer.total_steps=1"
+        "algorithm=dapo",
+        SPREAD,
+        "cluster.learners=2",
+        "cluster.rollout.cpus=1",
+        "cluster.learner.cpus=1",
+        "cluster.reward.cpus=1",
+        "trainer.total_steps=1",
     )
     nodes: set[str] = set()
 

@@ -16,7 +16,7 @@ pytestmark = pytest.mark.usefixtures("ray_local")
 
 
 def learner_group(path, cfg, count):
-    group = ActorGroup("learner", Learner, count, cpus=0.5, gpus=0, args=(path, cfg))
+    group = ActorGroup("learner", Learner, count, cfg.cluster.learner, args=(path, cfg))
     address, port = group.get(group.actors[0].rendezvous.remote())
     group.get(group.call_all("setup", address, port))
     return group

@@ -13,6 +13,7 @@ from distrl.config import Config
 from distrl.data.batch import TrajectoryBatch
 from distrl.models.forward import response_values
 from distrl.models.loading import load_critic
+from distrl.workers.group import actor_device
 from distrl.workers.learner import make_optimizer
 
 
@@ -21,9 +22,8 @@ class Critic:
     """The value model on one actor. ``state`` is a checkpoint's ``critic/`` folder to resume from."""
 
     def __init__(self, model_path: str, cfg: Config, *, state: str | None = None) -> None:
-        torch.set_num_threads(max(1, int(cfg.cluster.cpus_per_actor)))
         self.cfg, self.model_path = cfg, model_path
-        self.device = torch.device("cuda" if cfg.cluster.gpus_per_actor > 0 and torch.cuda.is_available() else "cpu")
+        self.device = actor_device(cfg.cluster.critic)
         self.model = load_critic(model_path, cfg.model.dtype).to(self.device)
         if state is not None:
             self.model.load_state_dict(torch.load(Path(state) / "critic.pt", map_location="cpu"))

@@ -7,16 +7,29 @@ Results are fetched with :meth:`ActorGroup.get`, which turns a dead actor into a
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
 import ray
+import torch
 from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
+from distrl.config import RoleResources
+
 #: How long to wait for a placement group's resources before failing with a message.
 PLACEMENT_TIMEOUT_S = 120
+
+
+def actor_device(resources: RoleResources) -> torch.device:
+    """Inside an actor: its torch device (CUDA when the role has GPUs and one is visible) and,
+    on CPU, ceil(cpus) torch threads."""
+    if resources.gpus > 0 and torch.cuda.is_available():
+        return torch.device("cuda")
+    torch.set_num_threads(max(1, math.ceil(resources.cpus)))
+    return torch.device("cpu")
 
 
 class RoleDiedError(RuntimeError):
@@ -32,15 +45,15 @@ class ActorGroup:
         role: str,
         actor_cls: Any,
         count: int,
+        resources: RoleResources,
         *,
-        cpus: float,
-        gpus: float,
         args: Sequence[Any] = (),
         kwargs: dict[str, Any] | None = None,
         ranked: bool = True,
         strategy: str = "PACK",
     ) -> None:
         self.role = role
+        cpus, gpus = resources.cpus, resources.gpus
         self.placement = placement_group([{"CPU": cpus, "GPU": gpus} if gpus else {"CPU": cpus}] * count, strategy)
         ready, _ = ray.wait([self.placement.ready()], timeout=PLACEMENT_TIMEOUT_S)
         if not ready:

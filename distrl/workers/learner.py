@@ -32,6 +32,7 @@ from distrl.config import Config
 from distrl.data.batch import TrajectoryBatch, shard_bounds
 from distrl.models.forward import response_logprobs
 from distrl.models.loading import load_policy, load_tokenizer
+from distrl.workers.group import actor_device
 
 FULL_STATE = StateDictOptions(full_state_dict=True, cpu_offload=True)
 
@@ -64,8 +65,7 @@ class Learner:
     def __init__(self, model_path: str, cfg: Config, *, rank: int, world_size: int) -> None:
         self.cfg, self.rank, self.world_size = cfg, rank, world_size
         self.model_path = model_path
-        self.device = torch.device("cuda" if cfg.cluster.gpus_per_actor > 0 and torch.cuda.is_available() else "cpu")
-        torch.set_num_threads(max(1, int(cfg.cluster.cpus_per_actor)))
+        self.device = actor_device(cfg.cluster.learner)
 
     def rendezvous(self) -> tuple[str, int]:
         """Rank 0's address for the process group."""

@@ -9,6 +9,7 @@ from distrl.config import Config
 from distrl.data.batch import TrajectoryBatch
 from distrl.models.forward import response_logprobs
 from distrl.models.loading import load_policy
+from distrl.workers.group import actor_device
 
 
 @ray.remote
@@ -16,8 +17,7 @@ class Reference:
     """One reference actor; a group of N splits each batch into N shards by rank."""
 
     def __init__(self, model_path: str, cfg: Config, *, rank: int = 0, world_size: int = 1) -> None:
-        torch.set_num_threads(max(1, int(cfg.cluster.cpus_per_actor)))
-        self.device = torch.device("cuda" if cfg.cluster.gpus_per_actor > 0 and torch.cuda.is_available() else "cpu")
+        self.device = actor_device(cfg.cluster.reference)
         self.model = load_policy(model_path, cfg.model.dtype).to(self.device).eval()
         self.cfg, self.rank, self.world_size = cfg, rank, world_size
 

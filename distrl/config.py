@@ -116,7 +116,8 @@ class AlgorithmConfig:
     kl_cov_coef: float = 1.0
     """KL-Cov β: the penalty is β·|ℓ^θ − ℓ^old| on the selected tokens."""
     tis_cap: float | None = None
-    """Truncated importance sampling cap C on exp(ℓ^old − ℓ^rollout); ``None`` = no correction."""
+    """Truncated importance sampling cap C on exp(ℓ^old − ℓ^rollout); ``None`` = no correction in
+    synchronous mode, :data:`ASYNC_TIS_CAP` in asynchronous mode (where rollouts are one step stale)."""
     rollout_correction: str = "tis"
     """tis (min(ρ, C)) | icepop (ρ inside [0.5, 5], else 0)."""
     pvpo_samples: int = 16
@@ -245,6 +246,12 @@ class TrainerConfig:
     """offline | online | disabled."""
     max_nonfinite_steps: int = 3
     """Stop after this many consecutive updates skipped for a NaN/inf gradient."""
+    mode: str = "sync"
+    """sync | async: generate step k+1's batch while step k trains (one step off-policy, corrected
+    by truncated importance sampling with the rollout log-probs)."""
+    max_staleness: int = 1
+    """Async: how many policy versions a rollout may lag the learner. The pipeline is one step
+    deep, so 1 is what async mode needs and never exceeds."""
 
 
 @dataclass
@@ -277,6 +284,10 @@ class ClusterConfig:
     """Logical CPUs of a local Ray instance (None: enough for every role). Ignored on a cluster."""
 
 
+#: The truncated-IS cap asynchronous mode uses when ``algorithm.tis_cap`` is unset (TIS-2).
+ASYNC_TIS_CAP = 2.0
+
+
 @dataclass
 class Config:
     """The whole job; ``python -m distrl.train --cfg job`` prints it composed."""
@@ -290,6 +301,13 @@ class Config:
     critic: CriticConfig = field(default_factory=CriticConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
+
+    @property
+    def tis_cap(self) -> float | None:
+        """The truncated-IS cap in force (see :attr:`AlgorithmConfig.tis_cap`)."""
+        if self.algorithm.tis_cap is None and self.trainer.mode == "async":
+            return ASYNC_TIS_CAP
+        return self.algorithm.tis_cap
 
 
 def register_configs() -> None:
@@ -387,6 +405,12 @@ def validate(cfg: Config) -> None:
     ):
         _check(value >= 1, f"{key}={value} must be >= 1")
     _check_nonnegative(cfg.learner, "learner", "lr", "weight_decay")
+    _check(cfg.trainer.mode in ("sync", "async"), f"trainer.mode={cfg.trainer.mode!r} is not sync or async")
+    _check(
+        cfg.trainer.mode == "sync" or cfg.trainer.max_staleness >= 1,
+        f"trainer.mode=async trains on rollouts one policy version old, but trainer.max_staleness="
+        f"{cfg.trainer.max_staleness}; set it to 1, or use trainer.mode=sync",
+    )
 
 
 def to_config(cfg: DictConfig) -> Config:

@@ -19,6 +19,7 @@ import math
 import os
 import time
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -98,6 +99,9 @@ class Trainer:
         if "data" in state:
             self.stream.load_state(state["data"])
         self.nonfinite = NonFiniteGuard(cfg.trainer.max_nonfinite_steps)
+        self.background = ThreadPoolExecutor(max_workers=1, thread_name_prefix="distrl-prefetch")
+        self.prefetched: Future | None = None
+        self.prefetch_data_state: dict | None = None
 
         if not ray.is_initialized():
             if os.environ.get("RAY_ADDRESS"):  # a `ray job submit` driver, or a user's cluster
@@ -177,11 +181,17 @@ class Trainer:
 
     def step(self, step: int) -> dict[str, float]:
         """One RL step (see the module docstring); returns its metrics."""
-        _cfg, alg = self.cfg, self.cfg.algorithm
-        timings: dict[str, float] = {}
+        cfg, alg = self.cfg, self.cfg.algorithm
         started = time.perf_counter()
 
-        batch_ref, collected = self.collect(step, timings)
+        with self.timed(timings := {}, "generation_wait"):
+            batch_ref, collected = self.prefetched.result() if self.prefetched else self.collect(step)
+        timings.update(collected["timings"])
+        self.prefetched = None
+        if cfg.trainer.mode == "async" and step + 1 < cfg.trainer.total_steps:
+            # Generate step k+1's batch with the current weights while step k trains (one step off-policy).
+            self.prefetch_data_state = self.stream.state()
+            self.prefetched = self.background.submit(self.collect, step + 1)
 
         with self.timed(timings, "logprobs"):
             old_parts = self.learner.call_all("logprobs", batch_ref)
@@ -202,6 +212,7 @@ class Trainer:
             policy = self._mean_dicts(self.learner.get(policy_refs))
             critic = self.critic.get(critic_refs)[0] if self.critic else {}
 
+        learner_version = self.version
         with self.timed(timings, "weight_sync"):
             self.sync_weights()
 
@@ -218,7 +229,8 @@ class Trainer:
             **policy,
             **critic,
             "policy/kl_coef": self.kl_coef,
-            "rollout/policy_version": float(self.version),
+            "rollout/policy_version": float(collected["oldest_version"]),
+            "rollout/staleness": float(learner_version - collected["oldest_version"]),
             **{f"timing/{k}_s": v for k, v in timings.items()},
             "timing/step_s": wall,
             "throughput/tokens_per_s": tokens / wall,
@@ -227,11 +239,13 @@ class Trainer:
 
     # ------------------------------------------------------------------ phases
 
-    def collect(self, step: int, timings: dict[str, float]) -> tuple[ray.ObjectRef, dict]:
+    def collect(self, step: int) -> tuple[ray.ObjectRef, dict]:
         """Generate and score until the batch holds ``data.train_batch_size`` prompts (with dynamic
         sampling: prompts whose samples do not all score the same; with PVPO: prompts the reference
-        does not always solve). Returns the assembled batch's reference and the step's statistics."""
+        does not always solve). Returns the assembled batch's reference and the step's statistics.
+        Safe to run in a background thread (async mode) while the main thread trains."""
         cfg, alg = self.cfg, self.cfg.algorithm
+        timings = {"generation": 0.0, "reward": 0.0}
         wanted = cfg.data.train_batch_size
         parts: list[tuple[ray.ObjectRef, list[int]]] = []
         kept = filtered = rounds = 0
@@ -241,9 +255,9 @@ class Trainer:
             "lengths": [],
             "truncated": [],
             "prompt_lengths": [],
+            "policy_versions": [],
         }
         errors, first_error = 0, None
-        timings.update(generation=0.0, reward=0.0)
         while kept < wanted:
             rounds += 1
             if rounds > alg.max_sampling_rounds:
@@ -308,6 +322,8 @@ class Trainer:
         kept_samples = sum(len(rows) for _, rows in parts)
         return batch_ref, {
             "metrics": metrics,
+            "timings": timings,
+            "oldest_version": min(seen["policy_versions"]),
             "samples": kept_samples,
             "response_tokens": sum(lengths),
             "prompt_tokens": sum(seen["prompt_lengths"]),
@@ -352,7 +368,7 @@ class Trainer:
         self.learner.get(refs)
         state = {
             "step": step,
-            "data": self.stream.state(),
+            "data": self.prefetch_data_state if self.prefetched else self.stream.state(),
             "kl_coef": self.kl_coef,
             "initial_model": self.initial_model,
             "pvpo_values": self.pvpo_values,
@@ -377,6 +393,7 @@ class Trainer:
         return [g for g in all_groups if g is not None]
 
     def shutdown(self) -> None:
-        """Stop every actor of every role."""
+        """Stop the prefetch thread and every actor of every role."""
+        self.background.shutdown(wait=False, cancel_futures=True)
         for group in self.groups():
             group.shutdown()

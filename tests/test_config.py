@@ -95,6 +95,8 @@ def test_overrides_compose_on_a_preset():
             r"buffer_len=99 must be in \(0, max_len=16\]",
         ),
         (["data.train_batch_size=0"], r"data.train_batch_size=0 must be >= 1"),
+        (["trainer.mode=asynch"], r"trainer.mode='asynch' is not sync or async"),
+        (["trainer.mode=async", "trainer.max_staleness=0"], r"max_staleness=0; set it to 1"),
     ],
 )
 def test_validation_errors_name_field_and_fix(overrides, message):

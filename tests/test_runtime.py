@@ -48,8 +48,9 @@ def test_every_preset_trains_two_steps_through_its_roles(preset, tiny_config):
         "throughput/tokens_per_s",
     ):
         assert name in last and math.isfinite(last[name]), name  # fmt: skip
-    # one weight sync per step, plus PVPO's return to the policy after sampling the reference
-    assert last["rollout/policy_version"] == 2.0 + (preset == "pvpo")
+    # step 2 trains on rollouts of the weights synced after step 1 (PVPO syncs once more at the start)
+    assert last["rollout/policy_version"] == 1.0 + (preset == "pvpo")
+    assert last["rollout/staleness"] == 0.0
     assert ("policy/kl_ref" in last) == cfg.algorithm.needs_reference
     assert ("critic/loss" in last) == (preset == "ppo")
     if preset == "dapo":
@@ -115,3 +116,13 @@ def test_malformed_dataset_fails_before_training_with_row_number(tiny_config, tm
 def test_missing_dataset_file_fails_before_any_actor(tiny_config, tmp_path):
     with pytest.raises(ValueError, match=r"nowhere\.jsonl.*data\.train_files"):
         Trainer(tiny_config(f"data.train_files=[{tmp_path / 'nowhere.jsonl'}]"))
+
+
+def test_async_mode_overlaps_generation_one_step_off_policy(tiny_config):
+    cfg = tiny_config("trainer.mode=async", "trainer.total_steps=3", "trainer.save_every=2")
+    _, metrics = train(cfg)
+    assert [m["step"] for m in metrics] == [1, 2, 3]
+    assert [m["rollout/staleness"] for m in metrics] == [0.0, 1.0, 1.0]  # k+1 was generated while k trained
+    assert all(m["policy/is_weight_mean"] > 0 for m in metrics)  # TIS-2 corrects the stale rollouts
+    state = json.loads((Path(cfg.trainer.output_dir) / "checkpoints" / "step_2" / "trainer_state.json").read_text())
+    assert state["data"]["offset"] == 2 * cfg.data.train_batch_size  # the prefetched prompts are not skipped

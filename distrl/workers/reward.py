@@ -59,6 +59,7 @@ class RewardWorker:
             "lengths": batch.response_lengths.tolist(),
             "prompt_lengths": batch.prompt_mask.sum(-1).float().tolist(),
             "truncated": batch.sample["truncated"].tolist(),
+            "policy_versions": batch.sample["policy_version"].tolist(),
             "group_ids": m["group_ids"],
             "errors": result.errors,
             "first_error": result.first_error,

@@ -1,0 +1,215 @@
+"""Throughput benchmark: a fixed, named workload through the real runtime, timed by phase.
+
+    .venv/bin/python benchmarks/throughput.py --workload small --json throughput.json
+
+Reports, as medians over the measured steps after ``--warmup`` steps:
+
+- ``tokens_per_s``: prompt + response tokens of the step's batch per second of the whole step;
+- ``generated_tokens_per_s``: response tokens per second of the generation phase;
+- ``trained_tokens_per_s``: prompt + response tokens per second of the update phase;
+- the step time by controller phase (generation, reward, logprobs = old log-probs ∥ reference ∥
+  values, which run concurrently, advantages, update, weight_sync) and the orchestration overhead
+  ``overhead_frac`` = (step wall time − Σ phases) / step wall time;
+- ``weight_sync_over_memcpy``: the weight-sync phase against one in-memory copy of the same bytes
+  (the state dict in ``rollout.sync_dtype``);
+- vLLM against Hugging Face ``generate`` on the same prompts, samples and lengths (tokens/s).
+
+The model is the tiny builder's architecture at the workload's size, untrained (no warm start):
+its responses run to ``max_new_tokens``, which is what a throughput measurement wants.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import ray
+import torch
+from hydra import compose, initialize_config_dir
+
+from distrl.config import register_configs, to_config, validate
+from distrl.models.prepare import prepare_policy
+from distrl.trainer import Trainer
+from distrl.workers.rollout import ENGINES
+
+ROOT = Path(__file__).resolve().parent.parent
+PHASES = ("generation", "reward", "logprobs", "advantages", "update", "weight_sync")
+
+
+@dataclass(frozen=True)
+class Workload:
+    """Everything that determines the work of one step."""
+
+    hidden_size: int
+    num_layers: int
+    num_heads: int
+    intermediate_size: int
+    prompts: int
+    samples: int
+    max_new_tokens: int
+    epochs: int = 1
+    micro_batch_tokens: int = 4096
+
+    def overrides(self) -> list[str]:
+        return [
+            f"model.hidden_size={self.hidden_size}",
+            f"model.num_layers={self.num_layers}",
+            f"model.num_heads={self.num_heads}",
+            f"model.intermediate_size={self.intermediate_size}",
+            "model.warm_start_steps=0",
+            f"data.train_batch_size={self.prompts}",
+            f"rollout.n={self.samples}",
+            f"rollout.max_new_tokens={self.max_new_tokens}",
+            f"learner.epochs={self.epochs}",
+            f"learner.micro_batch_tokens={self.micro_batch_tokens}",
+        ]
+
+
+WORKLOADS = {
+    "quick": Workload(64, 2, 2, 128, prompts=2, samples=2, max_new_tokens=8),
+    "tiny": Workload(256, 4, 4, 1024, prompts=16, samples=8, max_new_tokens=16),
+    "small": Workload(512, 8, 8, 2048, prompts=8, samples=8, max_new_tokens=128),
+}
+
+
+def make_config(workload: Workload, out: Path, extra: list[str]):
+    register_configs()
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose(
+            config_name="config",
+            overrides=[
+                *workload.overrides(),
+                f"trainer.output_dir={out}",
+                f"model.cache_dir={out / 'models'}",
+                "trainer.loggers=[jsonl]",
+                *extra,
+            ],
+        )
+    config = to_config(cfg)
+    validate(config)
+    return config
+
+
+def median(rows: list[dict[str, float]], key: str) -> float:
+    return statistics.median(r.get(key, 0.0) for r in rows)
+
+
+def measure_steps(trainer: Trainer, warmup: int, steps: int) -> list[dict[str, float]]:
+    rows = []
+    for step in range(warmup + steps):
+        metrics = trainer.step(step)
+        metrics["tokens/step"] = metrics["throughput/tokens_per_s"] * metrics["timing/step_s"]
+        metrics["tokens/generated"] = metrics["throughput/generated_tokens_per_s"] * metrics["timing/generation_s"]
+        if step >= warmup:
+            rows.append(metrics)
+    return rows
+
+
+def memcpy_seconds(weights: dict[str, torch.Tensor], repeats: int = 5) -> float:
+    """Median time of one in-memory copy of every tensor."""
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        copies = {k: v.clone() for k, v in weights.items()}
+        times.append(time.perf_counter() - start)
+        del copies
+    return statistics.median(times)
+
+
+def engine_tokens_per_s(engine_name: str, model_path: str, cfg, prompts: list[list[int]]) -> float:
+    """Generated tokens/s of one engine, in this process, after one warm-up call."""
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    engine = ENGINES[engine_name](model_path, cfg.rollout, max_model_len=512, seed=0)
+    kwargs = {"n": cfg.rollout.n, "max_new_tokens": cfg.rollout.max_new_tokens, "temperature": 1.0, "top_p": 1.0}
+    engine.generate(prompts[:1], seed=0, **kwargs)
+    start = time.perf_counter()
+    out = engine.generate(prompts, seed=1, **kwargs)
+    elapsed = time.perf_counter() - start
+    return sum(len(g.token_ids) for group in out for g in group) / elapsed
+
+
+def run(workload_name: str, warmup: int, steps: int, extra: list[str], compare_engines: bool) -> dict:
+    workload = WORKLOADS[workload_name]
+    out = Path(tempfile.mkdtemp(prefix=f"distrl-throughput-{workload_name}-"))
+    cfg = make_config(workload, out, extra)
+    model_path = prepare_policy(cfg)
+    trainer = Trainer(cfg)
+    try:
+        rows = measure_steps(trainer, warmup, steps)
+        weights = ray.get(trainer.learner.call_all("state_dict", cfg.rollout.sync_dtype)[0])
+        params = sum(v.numel() for k, v in weights.items() if k != "lm_head.weight")
+        sync_bytes = sum(v.numel() * v.element_size() for v in weights.values())
+        copy_s = memcpy_seconds(weights)
+        del weights
+    finally:
+        trainer.shutdown()
+        trainer.metrics.close()
+        ray.shutdown()
+    step_s = median(rows, "timing/step_s")
+    phases = {p: median(rows, f"timing/{p}_s") for p in PHASES}
+    overhead = statistics.median(r["timing/step_s"] - sum(r.get(f"timing/{p}_s", 0.0) for p in PHASES) for r in rows)
+    result = {
+        "workload": workload_name,
+        "settings": asdict(workload),
+        "parameters": params,
+        "steps_measured": len(rows),
+        "step_s": step_s,
+        "tokens_per_s": median(rows, "tokens/step") / step_s,
+        "generated_tokens_per_s": median(rows, "throughput/generated_tokens_per_s"),
+        "trained_tokens_per_s": median(rows, "tokens/step") / phases["update"],
+        "phases_s": phases,
+        "overhead_s": overhead,
+        "overhead_frac": overhead / step_s,
+        "weight_sync_bytes": sync_bytes,
+        "weight_sync_s": phases["weight_sync"],
+        "memcpy_s": copy_s,
+        "weight_sync_over_memcpy": phases["weight_sync"] / copy_s,
+    }
+    if compare_engines:
+        tokenizer_prompts = [[4 + (i % 10), 75, 4 + (i % 7), 83] for i in range(workload.prompts)]
+        result["engines_tokens_per_s"] = {
+            name: engine_tokens_per_s(name, model_path, cfg, tokenizer_prompts) for name in ("vllm", "hf")
+        }
+    return result
+
+
+def print_table(result: dict) -> None:
+    print(f"\nworkload {result['workload']} ({result['parameters'] / 1e6:.1f} M parameters): {result['settings']}")
+    print(f"{'metric':<34}{'value':>14}")
+    for key in ("step_s", "tokens_per_s", "generated_tokens_per_s", "trained_tokens_per_s", "overhead_frac"):
+        print(f"{key:<34}{result[key]:>14.4g}")
+    for phase, seconds in result["phases_s"].items():
+        print(f"{'phase ' + phase + ' (s)':<34}{seconds:>14.4g}")
+    print(f"{'orchestration overhead (s)':<34}{result['overhead_s']:>14.4g}")
+    print(f"{'weight sync MB':<34}{result['weight_sync_bytes'] / 1e6:>14.4g}")
+    print(f"{'weight sync / memcpy':<34}{result['weight_sync_over_memcpy']:>14.4g}")
+    for name, rate in result.get("engines_tokens_per_s", {}).items():
+        print(f"{'generate tokens/s ' + name:<34}{rate:>14.4g}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--workload", choices=sorted(WORKLOADS), default="small")
+    parser.add_argument("--steps", type=int, default=5, help="measured steps")
+    parser.add_argument("--warmup", type=int, default=2, help="steps run before measuring")
+    parser.add_argument("--json", type=Path, help="write the result here")
+    parser.add_argument("--no-engine-comparison", action="store_true", help="skip vLLM vs HF generate")
+    parser.add_argument("overrides", nargs="*", help="extra Hydra overrides, e.g. algorithm=gspo")
+    args = parser.parse_args(argv)
+    result = run(args.workload, args.warmup, args.steps, args.overrides, not args.no_engine_comparison)
+    print_table(result)
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

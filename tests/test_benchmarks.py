@@ -1,0 +1,22 @@
+"""Smoke test of the throughput benchmark with its quick workload (no timing assertions)."""
+
+import json
+import subprocess
+import sys
+
+from conftest import ROOT
+
+
+def test_throughput_benchmark_writes_its_json(tmp_path):
+    out = tmp_path / "throughput.json"
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "throughput.py"), "--workload", "quick", "--steps", "1",
+         "--warmup", "1", "--json", str(out)],
+        capture_output=True, text=True, timeout=400, cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    result = json.loads(out.read_text())
+    for key in ("tokens_per_s", "overhead_frac", "weight_sync_over_memcpy", "generated_tokens_per_s"):
+        assert result[key] > 0 or key == "overhead_frac", key
+    assert set(result["engines_tokens_per_s"]) == {"vllm", "hf"}
+    assert "weight sync / memcpy" in done.stdout

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from distrl.config import Config
 from distrl.data.arithmetic import make_problems
 from distrl.models.loading import check_model_path
 from distrl.models.tiny import build_tiny_model
-from distrl.models.warm_start import warm_start
+from distrl.models.warm_start import publish, warm_start
 
 #: Seed offset so the warm-start problems differ from the RL training problems.
 WARM_START_SEED_OFFSET = 10_007
@@ -24,14 +25,16 @@ def prepare_policy(cfg: Config) -> str:
     cache = Path(m.cache_dir).expanduser()
     base = cache / f"tiny-h{m.hidden_size}-l{m.num_layers}-a{m.num_heads}-i{m.intermediate_size}-s{cfg.trainer.seed}"
     if not (base / "generation_config.json").exists():  # written last by build_tiny_model
+        staging = base.with_name(f"{base.name}.tmp{os.getpid()}")
         build_tiny_model(
-            base,
+            staging,
             hidden_size=m.hidden_size,
             num_layers=m.num_layers,
             num_heads=m.num_heads,
             intermediate_size=m.intermediate_size,
             seed=cfg.trainer.seed,
         )
+        publish(staging, base)
     if m.warm_start_steps == 0:
         return str(base)
     problems = make_problems(4000, digits=cfg.data.task_digits, seed=cfg.trainer.seed + WARM_START_SEED_OFFSET)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
@@ -82,12 +83,18 @@ def warm_start(
             schedule.step()
             optimizer.zero_grad(set_to_none=True)
             progress.update(task, advance=1, description=f"warm start (supervised) loss {loss.item():.3f}")
-    staging = out.with_name(out.name + ".tmp")
-    shutil.rmtree(staging, ignore_errors=True)
+    staging = out.with_name(f"{out.name}.tmp{os.getpid()}")
     model.save_pretrained(staging, safe_serialization=True)
     tokenizer.save_pretrained(staging)
-    for extra in ("generation_config.json",):
-        if (base_path / extra).exists():
-            shutil.copy(base_path / extra, staging / extra)
-    staging.rename(out)
+    if (base_path / "generation_config.json").exists():
+        shutil.copy(base_path / "generation_config.json", staging / "generation_config.json")
+    publish(staging, out)
     return out
+
+
+def publish(staging: Path, final: Path) -> None:
+    """Move a finished folder into place; if a concurrent job got there first, keep theirs."""
+    try:
+        staging.rename(final)
+    except OSError:
+        shutil.rmtree(staging, ignore_errors=True)

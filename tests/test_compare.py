@@ -1,0 +1,184 @@
+"""``benchmarks/compare.py``: the report on synthetic metrics with known numbers, and real tiny runs.
+
+The synthetic part checks the table against numbers computed by hand; the real part trains two presets
+for two steps each through ``python benchmarks/compare.py`` (the suite's tiny model) and checks the
+files it writes, and that a failing run is reported and makes the exit status non-zero.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import ROOT, TINY
+
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import compare
+
+PLOTS = ("accuracy.png", "entropy.png", "clip_frac.png", "response_length.png", "kl_ref.png")
+NUMBER = re.compile(r"-?\d+(?:\.\d+)?(?:e-?\d+)?")
+
+#: t₀.₉₇₅ with 2 degrees of freedom, the half-width factor for three runs.
+T_2 = 4.302653
+
+
+def synthetic_run(seed: int, final_reward: float, jump_step: int | None, kl: bool) -> list[dict]:
+    """20 steps. reward/mean is 0 except the last 2 steps (the final 10%), which are ``final_reward``;
+    accuracy is 0.1 until ``jump_step`` and 0.9 from it on (never 0.9 when None); entropy 3 - 0.1·step
+    (final: mean of 1.1 and 1.0 = 1.05); tokens/s 100·(seed+1); clip fraction 0.2; length 10 + seed."""
+    records = []
+    for step in range(1, 21):
+        record = {
+            "step": step,
+            "reward/mean": final_reward if step > 18 else 0.0,
+            "reward/accuracy": 0.9 if jump_step is not None and step >= jump_step else 0.1,
+            "policy/entropy": 3.0 - 0.1 * step,
+            "throughput/tokens_per_s": 100.0 * (seed + 1),
+            "policy/clip_frac": 0.2,
+            "response_length/mean": 10.0 + seed,
+        }
+        if kl:
+            record["policy/kl_ref"] = 0.01 * step
+        records.append(record)
+    return records
+
+
+def meta(**fields) -> compare.ReportMeta:
+    return compare.ReportMeta(
+        command="compare.py --algorithms grpo,gspo", date="today", machine="test", commit="abc", executor="test",
+        **fields,
+    )  # fmt: skip
+
+
+def table_row(report: str, algorithm: str) -> list[str]:
+    """The cells of the report table's row for ``algorithm``."""
+    line = next(line for line in report.splitlines() if line.startswith(f"| {algorithm} |"))
+    return [cell.strip() for cell in line.strip("|").split("|")]
+
+
+def numbers(cell: str) -> list[float]:
+    return [float(match) for match in NUMBER.findall(cell)]
+
+
+@pytest.fixture
+def synthetic_runs() -> dict[str, list[list[dict]]]:
+    return {
+        "grpo": [
+            synthetic_run(0, 0.4, jump_step=5, kl=True),
+            synthetic_run(1, 0.5, jump_step=8, kl=True),
+            synthetic_run(2, 0.6, jump_step=None, kl=True),
+        ],
+        "gspo": [synthetic_run(0, 0.7, jump_step=3, kl=False)],
+    }
+
+
+def test_report_table_on_known_numbers(tmp_path: Path, synthetic_runs: dict) -> None:
+    report = compare.write_report(tmp_path, synthetic_runs, meta()).read_text()
+
+    header = table_row(report, "algorithm")
+    assert header[4] == "steps to accuracy ≥ 0.15"  # 1.5 × the first-step accuracy 0.1 of every run
+    assert "(default: 1.5 × 0.1, the mean first-step `reward/accuracy` over all 4 runs)" in report
+    grpo = table_row(report, "grpo")
+    assert grpo[1] == "3"
+    mean, half = numbers(grpo[2])  # finals 0.4, 0.5, 0.6: s = 0.1
+    assert mean == pytest.approx(0.5)
+    assert half == pytest.approx(T_2 * 0.1 / 3**0.5, rel=1e-2)
+    mean, half = numbers(grpo[3])  # finals 0.9, 0.9, 0.1: s = 0.8 / √3
+    assert mean == pytest.approx(1.9 / 3, rel=1e-2)
+    assert half == pytest.approx(T_2 * (0.8 / 3**0.5) / 3**0.5, rel=1e-2)
+    # Moving averages reach 0.15 at the jump (4 × 0.1 + 0.9) / 5 = 0.26: steps 5 and 8; the third run never.
+    assert numbers(grpo[4]) == pytest.approx([6.5, 2, 3])
+    assert "(2/3 reached)" in grpo[4]
+    assert numbers(grpo[5]) == pytest.approx([200])
+    assert numbers(grpo[6]) == pytest.approx([1.05])
+    assert numbers(grpo[7]) == pytest.approx([0.2])
+    assert numbers(grpo[8]) == pytest.approx([11])
+
+    gspo = table_row(report, "gspo")
+    assert gspo[2] == "0.7 (n=1, no CI)"
+    assert numbers(gspo[4]) == pytest.approx([3, 1, 1])
+    assert "Not in this plot (`policy/kl_ref` not logged): gspo (no reference model runs for them)." in report
+    for name in PLOTS:
+        assert (tmp_path / name).stat().st_size > 0
+        assert f"]({name})" in report
+    for line in ("- command: `compare.py --algorithms grpo,gspo`", "- git commit: `abc`", "- machine: test"):
+        assert line in report
+
+
+def test_report_with_explicit_target_no_kl_and_a_failed_run(tmp_path: Path, synthetic_runs: dict) -> None:
+    runs = {"grpo": synthetic_runs["grpo"][:2], "gspo": synthetic_runs["gspo"], "dapo": []}
+    (tmp_path / "kl_ref.png").write_bytes(b"stale")
+    failure = compare.RunFailure("dapo-seed0", "exit status 1", "Traceback ...\nRuntimeError: boom")
+    runs["grpo"] = [[{k: v for k, v in r.items() if k != "policy/kl_ref"} for r in run] for run in runs["grpo"]]
+    report = compare.write_report(tmp_path, runs, meta(target_accuracy=0.5, failures=(failure,))).read_text()
+
+    # (3 × 0.1 + 2 × 0.9) / 5 = 0.42 < 0.5 ≤ (2 × 0.1 + 3 × 0.9) / 5 = 0.58: two steps after the jump.
+    assert numbers(table_row(report, "grpo")[4]) == pytest.approx([8.5, 2, 2])
+    assert "Target accuracy: **0.5** (`--target-accuracy`)." in report
+    assert table_row(report, "dapo")[1:4] == ["0", "—", "—"]
+    assert "No plot of `policy/kl_ref`: no algorithm logged it" in report
+    assert not (tmp_path / "kl_ref.png").exists()
+    assert "### dapo-seed0: exit status 1" in report
+    assert "RuntimeError: boom" in report
+
+
+@pytest.mark.parametrize(("df", "expected"), [(1, 12.7062), (2, 4.3027), (30, 2.0423), (40, 2.0211), (1000, 1.9623)])
+def test_t_quantiles(df: int, expected: float) -> None:
+    assert compare.t_quantile_975(df) == pytest.approx(expected, abs=1e-4)
+
+
+def test_a_job_prints_its_metrics_and_keeps_its_exit_status(tmp_path: Path) -> None:
+    """The Ray job's shell command, run with a stand-in ``python`` that logs two steps and exits 3."""
+    fake = tmp_path / "bin" / "python"
+    fake.parent.mkdir()
+    fake.write_text(
+        '#!/bin/sh\necho "args: $*"\nmkdir -p runs/compare/x\n'
+        'printf \'{"step": 1}\\n{"step": 2}\\n\' > runs/compare/x/metrics.jsonl\nexit 3\n'
+    )
+    fake.chmod(0o755)
+    entrypoint = compare.job_entrypoint(compare.RunSpec("gspo", 1), 3, "runs/compare/x", ["data.num_problems=8"])
+    env = {"PATH": f"{fake.parent}:/usr/bin:/bin"}
+    job = subprocess.run(["sh", "-c", entrypoint], cwd=tmp_path, env=env, capture_output=True, text=True, check=False)
+    assert job.returncode == 3
+    assert (
+        "args: -m distrl.train data.num_problems=8 algorithm=gspo trainer.seed=1 trainer.total_steps=3 "
+        "trainer.output_dir=runs/compare/x trainer.loggers=[jsonl]"
+    ) in job.stdout
+    assert compare.metrics_from_log("\x1b[36mnoise\x1b[0m\n" + job.stdout) == '{"step": 1}\n{"step": 2}\n'
+
+
+def run_compare(out: Path, model_cache: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, str(ROOT / "benchmarks" / "compare.py"), "--out", str(out), *args]
+    command += [*TINY, f"model.cache_dir={model_cache}"]
+    return subprocess.run(command, capture_output=True, text=True, timeout=400, check=False)
+
+
+def test_two_presets_train_and_report(tmp_path: Path, model_cache: Path) -> None:
+    out = tmp_path / "cmp"
+    done = run_compare(out, model_cache, "--algorithms", "grpo,gspo", "--seeds", "1", "--steps", "2")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "dropping override 'trainer.total_steps=2'" in done.stderr
+    report = (out / "report.md").read_text()
+    assert table_row(report, "grpo")[1] == table_row(report, "gspo")[1] == "1"
+    for name in ("accuracy.png", "entropy.png", "clip_frac.png", "response_length.png"):
+        assert (out / name).stat().st_size > 0
+    assert "gspo (no reference model runs for them)" in report  # GSPO has no KL term
+    for run in ("grpo-seed0", "gspo-seed0"):
+        assert len((out / "runs" / run / "metrics.jsonl").read_text().splitlines()) == 2
+
+
+def test_a_failed_run_is_reported_and_fails_the_command(tmp_path: Path, model_cache: Path) -> None:
+    out = tmp_path / "cmp"
+    done = run_compare(
+        out, model_cache, "--algorithms", "grpo", "--seeds", "1", "--steps", "1", "algorithm.policy_loss=nope"
+    )
+    assert done.returncode == 1, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "grpo-seed0 FAILED (exit status 2)" in done.stderr
+    assert "config error" in done.stderr
+    report = (out / "report.md").read_text()
+    assert "### grpo-seed0: exit status 2" in report
+    assert table_row(report, "grpo")[1] == "0"

@@ -7,6 +7,8 @@ logits are computed (``logits_to_keep``), never the prompt's.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+
 import torch
 from transformers import PreTrainedModel
 
@@ -54,3 +56,12 @@ def response_values(value_model: PreTrainedModel, batch: TrajectoryBatch) -> tor
     start = batch.prompt_len - 1
     values = out.logits[:, start : start + width, 0].float()
     return values * batch.response_mask.to(values.device)
+
+
+def stack_rows(
+    micro_batches: Sequence[TrajectoryBatch], compute: Callable[[TrajectoryBatch], torch.Tensor], width: int
+) -> torch.Tensor:
+    """``compute`` on each micro-batch (``[rows, T_i]`` each), stacked into ``[Σ rows, width]`` on the
+    CPU, zero-padded on the right (micro-batches are trimmed to their own longest response)."""
+    parts = [compute(micro).float().cpu() for micro in micro_batches]
+    return torch.cat([torch.nn.functional.pad(p, (0, width - p.shape[1])) for p in parts])

@@ -11,7 +11,7 @@ import torch
 from distrl.algorithms import value_loss
 from distrl.config import Config
 from distrl.data.batch import TrajectoryBatch
-from distrl.models.forward import response_values
+from distrl.models.forward import response_values, stack_rows
 from distrl.models.loading import load_critic
 from distrl.workers.group import actor_device
 from distrl.workers.learner import make_optimizer
@@ -44,13 +44,11 @@ class Critic:
     def values(self, batch: TrajectoryBatch) -> torch.Tensor:
         """V(x, y_<t) ``[B, T]`` for every response token."""
         self.model.eval()
-        out = torch.zeros_like(batch.response_mask)
-        row = 0
-        for micro in batch.micro_batches(self.cfg.learner.micro_batch_tokens):
-            v = response_values(self.model, micro)
-            out[row : row + len(micro), : v.shape[1]] = v.cpu()
-            row += len(micro)
-        return out
+        return stack_rows(
+            batch.micro_batches(self.cfg.learner.micro_batch_tokens),
+            lambda micro: response_values(self.model, micro),
+            batch.response_ids.shape[1],
+        )
 
     def update(self, batch: TrajectoryBatch, step: int) -> dict[str, float]:
         """Clipped value-loss regression of V onto the returns, same epochs and mini-batches as the policy."""

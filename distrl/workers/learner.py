@@ -30,7 +30,7 @@ from torch.distributed.fsdp import fully_shard
 from distrl.algorithms import aggregate_loss, kl_penalty, policy_loss
 from distrl.config import Config
 from distrl.data.batch import TrajectoryBatch, shard_bounds
-from distrl.models.forward import response_logprobs
+from distrl.models.forward import response_logprobs, stack_rows
 from distrl.models.loading import load_policy, load_tokenizer
 from distrl.workers.group import actor_device
 
@@ -104,13 +104,12 @@ class Learner:
     def logprobs(self, batch: TrajectoryBatch) -> torch.Tensor:
         """This rank's shard's log-probs ``[shard, T]`` under the current policy (old log-probs)."""
         shard = batch.shard(self.rank, self.world_size)
-        out = torch.zeros_like(shard.response_mask)
-        row = 0
-        for micro in self._micro_batches(batch, shard):
-            lp, _ = response_logprobs(self.model, micro, temperature=self.cfg.rollout.temperature)
-            out[row : row + len(micro), : lp.shape[1]] = lp.float().cpu()
-            row += len(micro)
-        return out
+        temperature = self.cfg.rollout.temperature
+        return stack_rows(
+            self._micro_batches(batch, shard),
+            lambda micro: response_logprobs(self.model, micro, temperature=temperature)[0],
+            shard.response_ids.shape[1],
+        )
 
     def _micro_batches(self, whole: TrajectoryBatch, shard: TrajectoryBatch) -> list[TrajectoryBatch]:
         """Split ``shard`` into as many micro-batches as the busiest rank needs (FSDP needs every

@@ -7,7 +7,7 @@ import torch
 
 from distrl.config import Config
 from distrl.data.batch import TrajectoryBatch
-from distrl.models.forward import response_logprobs
+from distrl.models.forward import response_logprobs, stack_rows
 from distrl.models.loading import load_policy
 from distrl.workers.group import actor_device
 
@@ -25,13 +25,12 @@ class Reference:
     def logprobs(self, batch: TrajectoryBatch) -> torch.Tensor:
         """Reference log-probs ``[shard, T]`` of this rank's shard."""
         shard = batch.shard(self.rank, self.world_size)
-        out = torch.zeros_like(shard.response_mask)
-        row = 0
-        for micro in shard.micro_batches(self.cfg.learner.micro_batch_tokens):
-            lp, _ = response_logprobs(self.model, micro, temperature=self.cfg.rollout.temperature)
-            out[row : row + len(micro), : lp.shape[1]] = lp.float().cpu()
-            row += len(micro)
-        return out
+        temperature = self.cfg.rollout.temperature
+        return stack_rows(
+            shard.micro_batches(self.cfg.learner.micro_batch_tokens),
+            lambda micro: response_logprobs(self.model, micro, temperature=temperature)[0],
+            shard.response_ids.shape[1],
+        )
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """The reference weights (PVPO samples from the reference policy with them)."""

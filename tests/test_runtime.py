@@ -100,10 +100,15 @@ def test_a_dead_role_stops_the_run_naming_role_and_checkpoint(tiny_config):
         trainer.shutdown()
 
 
+def live_placement_groups() -> int:
+    return sum(pg["state"] == "CREATED" for pg in ray.util.placement_group_table().values())
+
+
 def test_missing_model_path_fails_before_any_actor(tiny_config, tmp_path):
+    before = live_placement_groups()
     with pytest.raises(FileNotFoundError, match=r"model\.path='/nonexistent/model' does not exist"):
         Trainer(tiny_config("model.path=/nonexistent/model"))
-    assert not ray.util.list_named_actors(all_namespaces=True)
+    assert live_placement_groups() == before  # no role was placed
 
 
 def test_malformed_dataset_fails_before_training_with_row_number(tiny_config, tmp_path):

@@ -71,7 +71,7 @@ class Critic:
                         clip=cfg.algorithm.value_clip,
                     )
                     (loss * mask.sum() / max(tokens, 1.0)).backward()
-                    metrics["critic/loss"] = loss
+                    metrics["critic/loss"] = loss.detach()
                     for k, v in metrics.items():
                         sums[k] = sums.get(k, 0.0) + float(v)
                     count += 1

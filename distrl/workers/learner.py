@@ -191,7 +191,7 @@ class Learner:
             **agg,
         )
         metrics = {k: float(v) for k, v in metrics.items()}
-        metrics["policy/pg_loss"] = float(loss)
+        metrics["policy/pg_loss"] = loss.item()
         mean_entropy = aggregate_loss(entropy.float(), mask, alg.loss_agg, **agg)
         metrics["policy/entropy"] = float((entropy * mask).sum() / mask.sum().clamp(min=1))
         if kl_coef > 0 and alg.kl.uses_loss:
@@ -199,7 +199,7 @@ class Learner:
             loss = loss + kl_coef * kl
         if alg.entropy_coef > 0:
             loss = loss - alg.entropy_coef * mean_entropy
-        metrics["policy/loss"] = float(loss)
+        metrics["policy/loss"] = loss.item()
         return loss, metrics
 
     def state_dict(self, dtype: str) -> dict[str, torch.Tensor] | None:

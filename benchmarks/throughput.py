@@ -8,14 +8,27 @@ Reports, as medians over the measured steps after ``--warmup`` steps:
 - ``generated_tokens_per_s``: response tokens per second of the generation phase;
 - ``trained_tokens_per_s``: prompt + response tokens per second of the update phase;
 - the step time by controller phase (generation, reward, logprobs = old log-probs ∥ reference ∥
-  values, which run concurrently, advantages, update, weight_sync) and the orchestration overhead
-  ``overhead_frac`` = (step wall time − Σ phases) / step wall time;
-- ``weight_sync_over_memcpy``: the weight-sync phase against one in-memory copy of the same bytes
-  (the state dict in ``rollout.sync_dtype``);
+  values, advantages, update, weight_sync) and the compute time by phase measured inside the
+  actors (``compute/<phase>_s``: generation, reward, old_logprob, reference, values, advantages,
+  update, weight_gather, weight_load);
+- ``overhead_frac``: orchestration overhead over step time, the overhead being the step's wall time
+  minus, stage by stage, the busiest actor's compute (``timing/overhead_s``): what scheduling,
+  object transfers, (de)serialization and the controller cost;
+- ``weight_sync_over_memcpy``: the whole weight-sync phase (gather on the learner, object store,
+  load into vLLM) against one in-memory copy of the same bytes (the weights in
+  ``rollout.sync_dtype``), and ``weight_sync_transfer_over_memcpy``: the part of it outside the two
+  actors' compute, i.e. the object-store transfer alone;
 - vLLM against Hugging Face ``generate`` on the same prompts, samples and lengths (tokens/s).
 
-The model is the tiny builder's architecture at the workload's size, untrained (no warm start):
-its responses run to ``max_new_tokens``, which is what a throughput measurement wants.
+``--modes`` instead runs the workload three times and compares throughput: ``sync`` (every role
+uses all cores in its turn, the local default), ``sync_pinned`` and ``async`` (the rollout engine
+pinned to the first half of the cores, the learner, reference and critic to the other half), and
+reports ``async_over_sync`` and ``async_over_sync_pinned``. The ``balanced`` workload is sized so
+that generation and training take about the same time.
+
+The model is the tiny builder's architecture at the workload's size, untrained (no warm start),
+and every response runs to ``max_new_tokens`` (``rollout.ignore_eos=true``): each step does the
+same work, so runs compare by step time as well as by tokens/s.
 """
 
 from __future__ import annotations
@@ -30,17 +43,30 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 import ray
-import torch
 from hydra import compose, initialize_config_dir
 
 from distrl.config import register_configs, to_config, validate
+from distrl.models.flat import FlatWeights
 from distrl.models.prepare import prepare_policy
 from distrl.trainer import Trainer
 from distrl.workers.rollout import ENGINES
 
 ROOT = Path(__file__).resolve().parent.parent
-PHASES = ("generation", "reward", "logprobs", "advantages", "update", "weight_sync")
+PHASES = ("generation_wait", "generation", "reward", "logprobs", "advantages", "update", "weight_sync")
+COMPUTE = (
+    "generation",
+    "reward",
+    "old_logprob",
+    "reference",
+    "values",
+    "advantages",
+    "update",
+    "critic_update",
+    "weight_gather",
+    "weight_load",
+)
 
 
 @dataclass(frozen=True)
@@ -64,6 +90,7 @@ class Workload:
             f"model.num_heads={self.num_heads}",
             f"model.intermediate_size={self.intermediate_size}",
             "model.warm_start_steps=0",
+            "rollout.ignore_eos=true",
             f"data.train_batch_size={self.prompts}",
             f"rollout.n={self.samples}",
             f"rollout.max_new_tokens={self.max_new_tokens}",
@@ -76,6 +103,7 @@ WORKLOADS = {
     "quick": Workload(64, 2, 2, 128, prompts=2, samples=2, max_new_tokens=8),
     "tiny": Workload(256, 4, 4, 1024, prompts=16, samples=8, max_new_tokens=16),
     "small": Workload(512, 8, 8, 2048, prompts=8, samples=8, max_new_tokens=128),
+    "balanced": Workload(256, 4, 4, 1024, prompts=8, samples=8, max_new_tokens=128),
 }
 
 
@@ -112,14 +140,14 @@ def measure_steps(trainer: Trainer, warmup: int, steps: int) -> list[dict[str, f
     return rows
 
 
-def memcpy_seconds(weights: dict[str, torch.Tensor], repeats: int = 5) -> float:
-    """Median time of one in-memory copy of every tensor."""
+def memcpy_seconds(weights: FlatWeights, repeats: int = 5) -> float:
+    """Median time of one in-memory copy of the weights' bytes."""
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
-        copies = {k: v.clone() for k, v in weights.items()}
+        copy = weights.buffer.copy()
         times.append(time.perf_counter() - start)
-        del copies
+        del copy
     return statistics.median(times)
 
 
@@ -128,7 +156,8 @@ def engine_tokens_per_s(engine_name: str, model_path: str, cfg, prompts: list[li
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     engine = ENGINES[engine_name](model_path, cfg.rollout, max_model_len=512, seed=0)
-    kwargs = {"n": cfg.rollout.n, "max_new_tokens": cfg.rollout.max_new_tokens, "temperature": 1.0, "top_p": 1.0}
+    kwargs = {"n": cfg.rollout.n, "max_new_tokens": cfg.rollout.max_new_tokens, "temperature": 1.0, "top_p": 1.0,
+              "ignore_eos": True}  # fmt: skip
     engine.generate(prompts[:1], seed=0, **kwargs)
     start = time.perf_counter()
     out = engine.generate(prompts, seed=1, **kwargs)
@@ -145,9 +174,10 @@ def run(workload_name: str, warmup: int, steps: int, extra: list[str], compare_e
     try:
         rows = measure_steps(trainer, warmup, steps)
         weights = ray.get(trainer.learner.call_all("state_dict", cfg.rollout.sync_dtype)[0])
-        params = sum(v.numel() for k, v in weights.items() if k != "lm_head.weight")
-        sync_bytes = sum(v.numel() * v.element_size() for v in weights.values())
+        params = sum(int(np.prod(shape)) for name, shape in zip(weights.names, weights.shapes, strict=True)
+                     if name != "lm_head.weight")  # fmt: skip
         copy_s = memcpy_seconds(weights)
+        sync_bytes = weights.nbytes
         del weights
     finally:
         trainer.shutdown()
@@ -155,10 +185,16 @@ def run(workload_name: str, warmup: int, steps: int, extra: list[str], compare_e
         ray.shutdown()
     step_s = median(rows, "timing/step_s")
     phases = {p: median(rows, f"timing/{p}_s") for p in PHASES}
-    overhead = statistics.median(r["timing/step_s"] - sum(r.get(f"timing/{p}_s", 0.0) for p in PHASES) for r in rows)
+    compute = {p: median(rows, f"compute/{p}_s") for p in COMPUTE if any(f"compute/{p}_s" in r for r in rows)}
+    overhead = median(rows, "timing/overhead_s")
+    transfer = statistics.median(
+        r["timing/weight_sync_s"] - r.get("compute/weight_gather_s", 0.0) - r.get("compute/weight_load_s", 0.0)
+        for r in rows
+    )
     result = {
         "workload": workload_name,
         "settings": asdict(workload),
+        "overrides": extra,
         "parameters": params,
         "steps_measured": len(rows),
         "step_s": step_s,
@@ -166,12 +202,15 @@ def run(workload_name: str, warmup: int, steps: int, extra: list[str], compare_e
         "generated_tokens_per_s": median(rows, "throughput/generated_tokens_per_s"),
         "trained_tokens_per_s": median(rows, "tokens/step") / phases["update"],
         "phases_s": phases,
+        "compute_s": compute,
         "overhead_s": overhead,
         "overhead_frac": overhead / step_s,
         "weight_sync_bytes": sync_bytes,
         "weight_sync_s": phases["weight_sync"],
+        "weight_sync_transfer_s": transfer,
         "memcpy_s": copy_s,
         "weight_sync_over_memcpy": phases["weight_sync"] / copy_s,
+        "weight_sync_transfer_over_memcpy": transfer / copy_s,
     }
     if compare_engines:
         tokenizer_prompts = [[4 + (i % 10), 75, 4 + (i % 7), 83] for i in range(workload.prompts)]
@@ -181,18 +220,65 @@ def run(workload_name: str, warmup: int, steps: int, extra: list[str], compare_e
     return result
 
 
+def pinned_overrides() -> list[str]:
+    """The rollout engine on the first half of this machine's cores, the training roles on the rest."""
+    cores = sorted(os.sched_getaffinity(0))
+    if len(cores) < 2:
+        raise SystemExit("--modes needs at least 2 cores to pin generation and training apart")
+    half = len(cores) // 2
+    rollout, training = cores[:half], cores[half:]
+    return [f"cluster.rollout.cores=[{','.join(map(str, rollout))}]"] + [
+        f"cluster.{role}.cores=[{','.join(map(str, training))}]" for role in ("learner", "reference", "critic")
+    ]
+
+
+def compare_modes(workload_name: str, warmup: int, steps: int, extra: list[str]) -> dict:
+    """The workload in ``sync``, ``sync_pinned`` and ``async`` mode (see the module docstring)."""
+    pinned = pinned_overrides()
+    modes = {
+        "sync": ["trainer.mode=sync"],
+        "sync_pinned": ["trainer.mode=sync", *pinned],
+        "async": ["trainer.mode=async", *pinned],
+    }
+    results = {name: run(workload_name, warmup, steps, [*extra, *mode], False) for name, mode in modes.items()}
+    rate = {name: r["tokens_per_s"] for name, r in results.items()}
+    return {
+        "workload": workload_name,
+        "modes": results,
+        "tokens_per_s": rate,
+        "async_over_sync": rate["async"] / rate["sync"],
+        "async_over_sync_pinned": rate["async"] / rate["sync_pinned"],
+    }
+
+
+def print_modes(result: dict) -> None:
+    print(f"\nworkload {result['workload']}: sync vs async")
+    print(f"{'mode':<14}{'step_s':>10}{'tokens/s':>12}{'generation':>12}{'update':>10}{'wait':>10}")
+    for name, r in result["modes"].items():
+        wait = r["phases_s"].get("generation_wait", float("nan"))
+        print(
+            f"{name:<14}{r['step_s']:>10.3g}{r['tokens_per_s']:>12.4g}{r['compute_s'].get('generation', 0.0):>12.3g}"
+            f"{r['compute_s'].get('update', 0.0):>10.3g}{wait:>10.3g}"
+        )
+    print(f"async / sync throughput: {result['async_over_sync']:.2f}")
+    print(f"async / sync_pinned throughput: {result['async_over_sync_pinned']:.2f}")
+
+
 def print_table(result: dict) -> None:
     print(f"\nworkload {result['workload']} ({result['parameters'] / 1e6:.1f} M parameters): {result['settings']}")
-    print(f"{'metric':<34}{'value':>14}")
+    print(f"{'metric':<40}{'value':>14}")
     for key in ("step_s", "tokens_per_s", "generated_tokens_per_s", "trained_tokens_per_s", "overhead_frac"):
-        print(f"{key:<34}{result[key]:>14.4g}")
+        print(f"{key:<40}{result[key]:>14.4g}")
     for phase, seconds in result["phases_s"].items():
-        print(f"{'phase ' + phase + ' (s)':<34}{seconds:>14.4g}")
-    print(f"{'orchestration overhead (s)':<34}{result['overhead_s']:>14.4g}")
-    print(f"{'weight sync MB':<34}{result['weight_sync_bytes'] / 1e6:>14.4g}")
-    print(f"{'weight sync / memcpy':<34}{result['weight_sync_over_memcpy']:>14.4g}")
+        print(f"{'phase ' + phase + ' (s)':<40}{seconds:>14.4g}")
+    for phase, seconds in result["compute_s"].items():
+        print(f"{'compute ' + phase + ' (s)':<40}{seconds:>14.4g}")
+    print(f"{'orchestration overhead (s)':<40}{result['overhead_s']:>14.4g}")
+    print(f"{'weight sync MB':<40}{result['weight_sync_bytes'] / 1e6:>14.4g}")
+    print(f"{'weight sync / memcpy':<40}{result['weight_sync_over_memcpy']:>14.4g}")
+    print(f"{'weight sync transfer / memcpy':<40}{result['weight_sync_transfer_over_memcpy']:>14.4g}")
     for name, rate in result.get("engines_tokens_per_s", {}).items():
-        print(f"{'generate tokens/s ' + name:<34}{rate:>14.4g}")
+        print(f"{'generate tokens/s ' + name:<40}{rate:>14.4g}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -202,10 +288,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=2, help="steps run before measuring")
     parser.add_argument("--json", type=Path, help="write the result here")
     parser.add_argument("--no-engine-comparison", action="store_true", help="skip vLLM vs HF generate")
+    parser.add_argument("--modes", action="store_true", help="compare sync, sync pinned and async (see above)")
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides, e.g. algorithm=gspo")
     args = parser.parse_args(argv)
-    result = run(args.workload, args.warmup, args.steps, args.overrides, not args.no_engine_comparison)
-    print_table(result)
+    if args.modes:
+        result = compare_modes(args.workload, args.warmup, args.steps, args.overrides)
+        print_modes(result)
+    else:
+        result = run(args.workload, args.warmup, args.steps, args.overrides, not args.no_engine_comparison)
+        print_table(result)
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))
     return 0

@@ -186,6 +186,9 @@ class RolloutConfig:
     """vLLM memory fraction; on the CPU build it is the fraction of host memory."""
     sync_dtype: str = "bfloat16"
     """dtype of the weights sent to the engines at each sync: bfloat16 | float32."""
+    ignore_eos: bool = False
+    """Generate exactly ``max_new_tokens`` per sample, past the end-of-sequence token: a fixed-size
+    workload for throughput benchmarks, not for training."""
 
 
 @dataclass
@@ -217,6 +220,12 @@ class LearnerConfig:
     """Optimizer steps per epoch."""
     micro_batch_tokens: int = 4096
     """Token budget of one forward/backward (gradient accumulation inside a mini-batch)."""
+    old_logprob_pass: bool | None = None
+    """Compute π_old's log-probs in a separate forward pass before the update. ``None``: only when
+    they can differ from the update's own forward, i.e. with several optimizer steps per batch
+    (epochs or mini_batches > 1) or the KL term in the reward (which needs them before the
+    advantages). With one optimizer step the policy has not moved yet, so the update uses its
+    forward's detached log-probs as π_old (ratio 1, the same gradient) and saves a forward pass."""
 
 
 @dataclass
@@ -256,11 +265,19 @@ class TrainerConfig:
 
 @dataclass
 class RoleResources:
-    """What one actor of a role asks Ray for: one placement-group bundle. Fractions colocate
-    roles (two actors with gpus=0.5 share a GPU); on CPU, torch uses ceil(cpus) threads."""
+    """What one actor of a role asks Ray for (one placement-group bundle) and how it uses CPU cores.
+    Fractions colocate roles (two actors with gpus=0.5 share a GPU)."""
 
     cpus: float = 0.5
     gpus: float = 0.0
+    threads: int | None = None
+    """Torch (and vLLM OpenMP) threads in each actor on CPU. None: ceil(cpus), the share Ray
+    accounts for; 0: every core the actor may run on, right when the roles take turns (the
+    synchronous step on one machine); n > 0: exactly n."""
+    cores: list[int] | None = None
+    """CPU core ids the role's actors are pinned to (Linux ``sched_setaffinity``); threads then
+    default to their number. Give the rollout and the learner disjoint cores when they run at the
+    same time (``trainer.mode=async`` on one machine)."""
 
 
 @dataclass
@@ -301,6 +318,14 @@ class Config:
     critic: CriticConfig = field(default_factory=CriticConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
+
+    @property
+    def old_logprob_pass(self) -> bool:
+        """Whether the step runs the separate old-log-prob pass (see :attr:`LearnerConfig.old_logprob_pass`)."""
+        if self.learner.old_logprob_pass is not None:
+            return self.learner.old_logprob_pass
+        kl_in_reward = self.algorithm.kl.in_reward and self.algorithm.kl.coef > 0
+        return self.learner.epochs > 1 or self.learner.mini_batches > 1 or kl_in_reward
 
     @property
     def tis_cap(self) -> float | None:
@@ -404,6 +429,22 @@ def validate(cfg: Config) -> None:
         ("cluster.rollout_engines", cfg.cluster.rollout_engines),
     ):
         _check(value >= 1, f"{key}={value} must be >= 1")
+    for role in ("rollout", "learner", "reference", "critic", "reward"):
+        res: RoleResources = getattr(cfg.cluster, role)
+        _check(
+            res.threads is None or res.threads >= 0,
+            f"cluster.{role}.threads={res.threads} is negative; use null (ceil(cpus)), 0 (all cores) or a count",
+        )
+        _check(
+            res.cores is None or (len(res.cores) > 0 and all(c >= 0 for c in res.cores)),
+            f"cluster.{role}.cores={res.cores} must be a non-empty list of CPU core ids (e.g. [0, 1]) or null",
+        )
+    _check(
+        cfg.learner.old_logprob_pass is not False
+        or (cfg.learner.epochs == 1 and cfg.learner.mini_batches == 1 and not (alg.kl.in_reward and alg.kl.coef > 0)),
+        "learner.old_logprob_pass=false, but π_old's log-probs are needed before the update (learner.epochs or "
+        "learner.mini_batches > 1, or algorithm.kl.in_reward=true); leave learner.old_logprob_pass unset",
+    )
     _check_nonnegative(cfg.learner, "learner", "lr", "weight_decay")
     _check(cfg.trainer.mode in ("sync", "async"), f"trainer.mode={cfg.trainer.mode!r} is not sync or async")
     _check(

@@ -62,10 +62,20 @@ METRIC_GLOSSARY: dict[str, str] = {
     "batch/sampling_rounds": "Generation rounds it took to fill the batch (1 without dynamic sampling).",
     "train/nonfinite_skipped": "Optimizer steps skipped because the loss or gradient was NaN or infinite.",
     "timing/<phase>_s": "Wall-clock seconds the step spent in the named phase; one metric per phase the trainer times.",
+    "timing/step_s": "Wall-clock seconds of the whole step.",
+    "timing/overhead_s": (
+        "Orchestration overhead of a synchronous step: timing/step_s minus, for each stage, the busiest "
+        "actor's compute/<phase>_s (scheduling, object transfers, (de)serialization, controller time)."
+    ),
+    "compute/<phase>_s": (
+        "Seconds the busiest actor of the phase spent inside its method (measured in the actor): generation, reward, "
+        "assemble, old_logprob, reference, values, advantages, update, critic_update, weight_gather, weight_load."
+    ),
     "throughput/tokens_per_s": "Prompt and response tokens processed per wall-clock second of the step, whole cluster.",
     "throughput/generated_tokens_per_s": "Response tokens generated per second of the generation phase, all engines.",
 }
-"""Every metric name distrl logs, with its meaning; ``timing/<phase>_s`` stands for the whole family."""
+"""Every metric name distrl logs, with its meaning; ``timing/<phase>_s`` and ``compute/<phase>_s`` stand
+for their whole families."""
 
 PEER_METRIC_NAMES: dict[str, str] = {
     "reward/mean": "TRL `reward`; verl `critic/score/mean`; OpenRLHF `reward`",

@@ -6,11 +6,12 @@ metrics); trajectory tensors and weights go from actor to actor through the obje
 One step, top to bottom in :meth:`Trainer.step`:
   1. rollout generates ``rollout.n`` samples per prompt; reward scores them (+ overlong shaping);
      with dynamic sampling, groups without reward spread are dropped and generation repeats
-  2. old log-probs (learner), reference log-probs, values (critic) — in parallel
-  3. token rewards (+ KL in reward) and advantages — a Ray task running ``distrl.algorithms``
+  2. old log-probs (learner; skipped when the update is on-policy), reference log-probs, values
+     (critic) — in parallel
+  3. token rewards (+ KL in reward) and advantages — the batch role running ``distrl.algorithms``
   4. policy update (and critic update) — epochs × mini-batches × micro-batches
-  5. weight sync: learner rank 0's full state dict, one object, loaded by every rollout engine
-  6. metrics, checkpoint
+  5. weight sync: learner rank 0's full weights, one flat buffer, read zero-copy by every engine
+  6. metrics (with each role's compute time and the orchestration overhead), checkpoint
 """
 
 from __future__ import annotations
@@ -29,19 +30,19 @@ import torch
 
 from distrl import checkpoint
 from distrl.algorithms import adaptive_kl_coef, group_filter
-from distrl.config import Config
+from distrl.config import Config, RoleResources
 from distrl.data.arithmetic import make_problems
 from distrl.data.records import PromptRecord, PromptStream, load_records
 from distrl.metrics import MetricsLogger
 from distrl.models.prepare import prepare_policy
 from distrl.rewards import RewardScorer
+from distrl.workers.batches import BatchWorker
 from distrl.workers.critic import Critic
 from distrl.workers.group import ActorGroup, RoleDiedError
 from distrl.workers.learner import Learner
 from distrl.workers.reference import Reference
 from distrl.workers.reward import RewardWorker
 from distrl.workers.rollout import RolloutWorker
-from distrl.workers.tasks import assemble, prepare_update
 
 
 class TrainingError(RuntimeError):
@@ -112,10 +113,11 @@ class Trainer:
         max_len = cfg.data.max_prompt_len + cfg.rollout.max_new_tokens
         self.rollout = ActorGroup(
             "rollout", RolloutWorker, c.rollout_engines, c.rollout, args=(policy_path, cfg.rollout),
-            kwargs={"max_model_len": max_len, "seed": cfg.trainer.seed}, ranked=False,
+            kwargs={"max_model_len": max_len, "seed": cfg.trainer.seed, "resources": c.rollout}, ranked=False,
         )  # fmt: skip
         self.learner = ActorGroup("learner", Learner, c.learners, c.learner, args=(policy_path, cfg))
         self.reward = ActorGroup("reward", RewardWorker, 1, c.reward, args=(cfg,), ranked=False)
+        self.batches = ActorGroup("batch", BatchWorker, 1, RoleResources(cpus=0), ranked=False)
         self.reference = (
             ActorGroup("reference", Reference, 1, c.reference, args=(self.initial_model, cfg))
             if alg.needs_reference else None
@@ -194,17 +196,17 @@ class Trainer:
             self.prefetched = self.background.submit(self.collect, step + 1)
 
         with self.timed(timings, "logprobs"):
-            old_parts = self.learner.call_all("logprobs", batch_ref)
+            old_parts = self.learner.call_all("logprobs", batch_ref) if cfg.old_logprob_pass else None
             ref_parts = self.reference.call_all("logprobs", batch_ref) if self.reference else None
             value_parts = self.critic.call_all("values", batch_ref) if self.critic else None
-            self.learner.get(old_parts + (ref_parts or []) + (value_parts or []))
+            self.learner.get((old_parts or []) + (ref_parts or []) + (value_parts or []))
 
         with self.timed(timings, "advantages"):
             baselines = self.pvpo_values if alg.advantage == "pvpo" else None
-            update_ref, shaped = prepare_update.remote(
+            update_ref, shaped = self.batches.actors[0].prepare_update.remote(
                 batch_ref, old_parts, ref_parts, value_parts, alg, self.kl_coef, baselines
             )
-            shaped = ray.get(shaped)
+            shaped = self.batches.get(shaped)
 
         with self.timed(timings, "update"):
             policy_refs = self.learner.call_all("update", update_ref, step, self.kl_coef)
@@ -216,26 +218,55 @@ class Trainer:
         with self.timed(timings, "weight_sync"):
             self.sync_weights()
 
-        if alg.kl.target is not None and "policy/kl_ref" in shaped:
+        metrics = {**collected["metrics"], **shaped, **policy, **critic}
+        if alg.kl.target is not None and "policy/kl_ref" in metrics:
             self.kl_coef = adaptive_kl_coef(
-                self.kl_coef, shaped["policy/kl_ref"], target=alg.kl.target, horizon=alg.kl.horizon,
+                self.kl_coef, metrics["policy/kl_ref"], target=alg.kl.target, horizon=alg.kl.horizon,
                 n_steps=collected["samples"],
             )  # fmt: skip
+        # in async mode the rollout, reward and batch roles are busy with the next batch: leave them
+        training_side = [g for g in (self.learner, self.reference, self.critic) if g is not None]
+        compute = self.busy_seconds(self.groups() if cfg.trainer.mode == "sync" else training_side)
         wall = time.perf_counter() - started
+        if cfg.trainer.mode == "sync":
+            timings["overhead"] = wall - sum(
+                max((compute.get(phase, 0.0) for phase in stage), default=0.0) for stage in self.STAGES
+            )
         tokens = collected["response_tokens"] + collected["prompt_tokens"]
         return {
-            **collected["metrics"],
-            **shaped,
-            **policy,
-            **critic,
+            **metrics,
             "policy/kl_coef": self.kl_coef,
             "rollout/policy_version": float(collected["oldest_version"]),
             "rollout/staleness": float(learner_version - collected["oldest_version"]),
             **{f"timing/{k}_s": v for k, v in timings.items()},
+            **{f"compute/{k}_s": v for k, v in compute.items()},
             "timing/step_s": wall,
             "throughput/tokens_per_s": tokens / wall,
             "throughput/generated_tokens_per_s": collected["response_tokens"] / max(timings["generation"], 1e-9),
         }
+
+    #: The synchronous step's stages in order; the phases inside one stage run at the same time on
+    #: different actors, so a stage lasts as long as its busiest phase (weight gather and load are
+    #: stages of their own because the load waits for the gather).
+    STAGES = (
+        ("generation",),
+        ("reward",),
+        ("assemble",),
+        ("old_logprob", "reference", "values"),
+        ("advantages",),
+        ("update", "critic_update"),
+        ("weight_gather",),
+        ("weight_load",),
+    )
+
+    def busy_seconds(self, groups: list[ActorGroup]) -> dict[str, float]:
+        """Compute seconds per phase since the last call, the busiest actor's for each phase."""
+        per_actor = ray.get([a.take_busy.remote() for g in groups for a in g.actors])
+        out: dict[str, float] = {}
+        for taken in per_actor:
+            for phase, seconds in taken.items():
+                out[phase] = max(out.get(phase, 0.0), seconds)
+        return out
 
     # ------------------------------------------------------------------ phases
 
@@ -304,7 +335,7 @@ class Trainer:
                     parts.append((batch_ref, take))
         if first_error and errors:
             self.metrics.print(f"distrl: {errors} sample(s) failed to score (scored 0); first error:\n{first_error}")
-        batch_ref = assemble.remote(parts)
+        batch_ref = self.batches.actors[0].assemble.remote(parts)
         accuracy = [a for a in seen["accuracy"] if not math.isnan(a)]
         lengths = seen["lengths"]
         metrics = {
@@ -330,7 +361,8 @@ class Trainer:
         }
 
     def sync_weights(self) -> None:
-        """Learner rank 0's full state dict → one object → every rollout engine; bump the version."""
+        """Learner rank 0's full weights → one flat buffer in the object store → every rollout engine
+        (read zero-copy); bump the version."""
         weights = self.learner.call_all("state_dict", self.cfg.rollout.sync_dtype)
         self.version += 1
         self.rollout.get(self.rollout.call_all("load_weights", weights[0], self.version))
@@ -341,7 +373,7 @@ class Trainer:
         The rollout engines briefly take the reference weights, then get the policy back.
         """
         alg, cfg = self.cfg.algorithm, self.cfg
-        reference = self.reference.actors[0].state_dict.remote()
+        reference = self.reference.actors[0].state_dict.remote(cfg.rollout.sync_dtype)
         self.rollout.get(self.rollout.call_all("load_weights", reference, self.version))
         shards = [self.records[i :: len(self.rollout)] for i in range(len(self.rollout))]
         refs = [
@@ -358,6 +390,7 @@ class Trainer:
         solved = sum(v >= 1.0 for v in self.pvpo_values.values())
         self.metrics.print(f"distrl: PVPO values estimated for {len(totals)} prompts; {solved} always solved, dropped")
         self.sync_weights()
+        self.busy_seconds(self.groups())  # not a step's compute
 
     def save(self, step: int) -> Path:
         """Checkpoint at ``step`` (learner weights + optimizer, critic, trainer state)."""
@@ -389,7 +422,7 @@ class Trainer:
 
     def groups(self) -> list[ActorGroup]:
         """The actor groups of the roles this run started."""
-        all_groups = (self.rollout, self.learner, self.reward, self.reference, self.critic)
+        all_groups = (self.rollout, self.learner, self.reward, self.batches, self.reference, self.critic)
         return [g for g in all_groups if g is not None]
 
     def shutdown(self) -> None:

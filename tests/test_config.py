@@ -97,6 +97,13 @@ def test_overrides_compose_on_a_preset():
         (["data.train_batch_size=0"], r"data.train_batch_size=0 must be >= 1"),
         (["trainer.mode=asynch"], r"trainer.mode='asynch' is not sync or async"),
         (["trainer.mode=async", "trainer.max_staleness=0"], r"max_staleness=0; set it to 1"),
+        (["learner.old_logprob_pass=false", "learner.epochs=2"], r"old_logprob_pass=false.*leave .* unset"),
+        (
+            ["learner.old_logprob_pass=false", "algorithm.kl.coef=0.1", "algorithm.kl.in_reward=true"],
+            r"old_logprob_pass=false.*kl.in_reward=true",
+        ),
+        (["cluster.learner.threads=-1"], r"cluster.learner.threads=-1 is negative"),
+        (["cluster.rollout.cores=[]"], r"cluster.rollout.cores=\[\] must be a non-empty list"),
     ],
 )
 def test_validation_errors_name_field_and_fix(overrides, message):
@@ -107,6 +114,24 @@ def test_validation_errors_name_field_and_fix(overrides, message):
 def test_kl_in_both_places_allowed_when_explicit():
     validate(composed("algorithm.kl.coef=0.1", "algorithm.kl.in_reward=true", "algorithm.kl.in_loss=true",
                       "algorithm.kl.allow_both=true"))  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("overrides", "runs_pass"),
+    [
+        ([], False),  # one optimizer step per batch: the update's own forward gives π_old
+        (["learner.epochs=2"], True),
+        (["learner.mini_batches=4"], True),
+        (["algorithm.kl.coef=0.1", "algorithm.kl.in_reward=true"], True),  # the advantages need π_old
+        (["algorithm.kl.coef=0", "algorithm.kl.in_reward=true"], False),
+        (["learner.old_logprob_pass=true"], True),
+        (["algorithm=ppo"], True),  # KL in the reward
+    ],
+)
+def test_old_logprob_pass_runs_only_when_the_update_needs_it(overrides, runs_pass):
+    cfg = composed(*overrides)
+    validate(cfg)
+    assert cfg.old_logprob_pass is runs_pass
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:

@@ -75,7 +75,7 @@ def test_two_fsdp_learners_give_the_same_update_as_one(tiny_config):
         try:
             batch = with_old_logprobs(group, update_batch())
             metrics = group.get(group.call_all("update", batch, 0))
-            weights = group.get(group.call_all("state_dict", "float32"))[0]
+            weights = group.get(group.call_all("state_dict", "float32"))[0].as_dict()
             results[count] = (metrics, weights)
         finally:
             group.shutdown()
@@ -89,16 +89,40 @@ def test_two_fsdp_learners_give_the_same_update_as_one(tiny_config):
         assert torch.allclose(w1[name], w2[name], atol=1e-4), name
 
 
+def test_update_without_the_old_logprob_pass_equals_the_update_with_it(tiny_config):
+    cfg = tiny_config("learner.lr=0.01", "algorithm.kl.coef=0")
+    path = prepare_policy(cfg)
+    results = {}
+    for with_pass in (True, False):
+        group = learner_group(path, cfg, 1)
+        try:
+            batch = with_old_logprobs(group, update_batch()) if with_pass else update_batch()
+            metrics = group.get(group.call_all("update", batch, 0))[0]
+            results[with_pass] = (batch, metrics, group.get(group.call_all("state_dict", "float32"))[0].as_dict())
+        finally:
+            group.shutdown()
+    (batch, m_pass, w_pass), (_, m_own, w_own) = results[True], results[False]
+    assert m_own["policy/grad_norm"] == pytest.approx(m_pass["policy/grad_norm"], rel=1e-5)
+    assert m_own["policy/ratio_mean"] == 1.0  # π_old is the forward's own detached log-probs
+    for name in w_pass:
+        assert torch.allclose(w_pass[name], w_own[name], atol=1e-6), name
+    # without the pass the update reports the trainer/engine mismatch (engine log-probs are 0 here)
+    mask = batch.response_mask
+    expected = float((batch.token["old_logprobs"].abs() * mask).sum() / mask.sum())
+    assert m_own["rollout/logprob_diff"] == pytest.approx(expected, rel=1e-5)
+    assert "rollout/logprob_diff" not in m_pass
+
+
 def test_a_nonfinite_update_is_skipped_and_leaves_the_weights(tiny_config):
     cfg = tiny_config("algorithm.kl.coef=0")
     path = prepare_policy(cfg)
     group = learner_group(path, cfg, 1)
     try:
         batch = with_old_logprobs(group, update_batch())
-        before = group.get(group.call_all("state_dict", "float32"))[0]
+        before = group.get(group.call_all("state_dict", "float32"))[0].as_dict()
         batch.token["advantages"][0, 0] = float("nan")
         metrics = group.get(group.call_all("update", batch, 0))[0]
-        after = group.get(group.call_all("state_dict", "float32"))[0]
+        after = group.get(group.call_all("state_dict", "float32"))[0].as_dict()
     finally:
         group.shutdown()
     assert metrics["train/nonfinite_skipped"] == 1.0

@@ -2,6 +2,7 @@
 
 import json
 import math
+import os
 from pathlib import Path
 
 import pytest
@@ -46,8 +47,15 @@ def test_every_preset_trains_two_steps_through_its_roles(preset, tiny_config):
         "timing/generation_s",
         "timing/update_s",
         "throughput/tokens_per_s",
+        "compute/generation_s",
+        "compute/update_s",
+        "compute/weight_load_s",
+        "timing/overhead_s",
     ):
         assert name in last and math.isfinite(last[name]), name  # fmt: skip
+    assert 0 < last["compute/update_s"] <= last["timing/update_s"]  # the actor's own clock, inside the phase
+    assert last["timing/overhead_s"] < last["timing/step_s"]
+    assert ("compute/old_logprob_s" in last) == cfg.old_logprob_pass
     # step 2 trains on rollouts of the weights synced after step 1 (PVPO syncs once more at the start)
     assert last["rollout/policy_version"] == 1.0 + (preset == "pvpo")
     assert last["rollout/staleness"] == 0.0
@@ -124,7 +132,9 @@ def test_missing_dataset_file_fails_before_any_actor(tiny_config, tmp_path):
 
 
 def test_async_mode_overlaps_generation_one_step_off_policy(tiny_config):
-    cfg = tiny_config("trainer.mode=async", "trainer.total_steps=3", "trainer.save_every=2")
+    cores = sorted(os.sched_getaffinity(0))
+    pinned = [f"cluster.rollout.cores=[{cores[0]}]", f"cluster.learner.cores=[{cores[-1]}]"] if len(cores) > 1 else []
+    cfg = tiny_config("trainer.mode=async", "trainer.total_steps=3", "trainer.save_every=2", *pinned)
     _, metrics = train(cfg)
     assert [m["step"] for m in metrics] == [1, 2, 3]
     assert [m["rollout/staleness"] for m in metrics] == [0.0, 1.0, 1.0]  # k+1 was generated while k trained

@@ -15,15 +15,16 @@ from distrl.models.forward import response_values, stack_rows
 from distrl.models.loading import load_critic
 from distrl.workers.group import actor_device
 from distrl.workers.learner import make_optimizer
+from distrl.workers.timing import BusyClock, busy
 
 
 @ray.remote
-class Critic:
+class Critic(BusyClock):
     """The value model on one actor. ``state`` is a checkpoint's ``critic/`` folder to resume from."""
 
     def __init__(self, model_path: str, cfg: Config, *, state: str | None = None) -> None:
         self.cfg, self.model_path = cfg, model_path
-        self.device = actor_device(cfg.cluster.critic)
+        self.device = actor_device(cfg.cluster.critic, "critic")
         self.model = load_critic(model_path, cfg.model.dtype).to(self.device)
         if state is not None:
             self.model.load_state_dict(torch.load(Path(state) / "critic.pt", map_location="cpu"))
@@ -41,6 +42,7 @@ class Critic:
             self.optimizer.load_state_dict(saved)
 
     @torch.no_grad()
+    @busy("values")
     def values(self, batch: TrajectoryBatch) -> torch.Tensor:
         """V(x, y_<t) ``[B, T]`` for every response token."""
         self.model.eval()
@@ -50,6 +52,7 @@ class Critic:
             batch.response_ids.shape[1],
         )
 
+    @busy("critic_update")
     def update(self, batch: TrajectoryBatch, step: int) -> dict[str, float]:
         """Clipped value-loss regression of V onto the returns, same epochs and mini-batches as the policy."""
         cfg = self.cfg

@@ -8,6 +8,7 @@ Results are fetched with :meth:`ActorGroup.get`, which turns a dead actor into a
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -23,12 +24,37 @@ from distrl.config import RoleResources
 PLACEMENT_TIMEOUT_S = 120
 
 
-def actor_device(resources: RoleResources) -> torch.device:
-    """Inside an actor: its torch device (CUDA when the role has GPUs and one is visible) and,
-    on CPU, ceil(cpus) torch threads."""
+def use_cores(resources: RoleResources, role: str, share: int = 1) -> int:
+    """Inside an actor: pin this process to ``resources.cores`` (when set) and set torch's thread
+    count (see :class:`RoleResources`; with ``threads=0`` the cores are split among ``share``
+    actors of the role that run at once); returns the thread count. Call it before an engine
+    starts its thread pools."""
+    if resources.cores:
+        available = sorted(os.sched_getaffinity(0))
+        missing = sorted(set(resources.cores) - set(available))
+        if missing:
+            raise ValueError(
+                f"cluster.{role}.cores={resources.cores} names core(s) {missing} this node does not offer "
+                f"(cores available: {available}); pick ids from that list or set cluster.{role}.cores=null"
+            )
+        os.sched_setaffinity(0, resources.cores)
+    if resources.threads:
+        threads = resources.threads
+    elif resources.threads == 0:
+        threads = max(1, len(os.sched_getaffinity(0)) // share)
+    else:
+        threads = len(resources.cores) if resources.cores else max(1, math.ceil(resources.cpus))
+    torch.set_num_threads(threads)
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    return threads
+
+
+def actor_device(resources: RoleResources, role: str, share: int = 1) -> torch.device:
+    """Inside an actor: its torch device (CUDA when the role has GPUs and one is visible); on CPU,
+    the cores and threads of :func:`use_cores`."""
     if resources.gpus > 0 and torch.cuda.is_available():
         return torch.device("cuda")
-    torch.set_num_threads(max(1, math.ceil(resources.cpus)))
+    use_cores(resources, role, share)
     return torch.device("cpu")
 
 
@@ -54,23 +80,30 @@ class ActorGroup:
     ) -> None:
         self.role = role
         cpus, gpus = resources.cpus, resources.gpus
-        self.placement = placement_group([{"CPU": cpus, "GPU": gpus} if gpus else {"CPU": cpus}] * count, strategy)
-        ready, _ = ray.wait([self.placement.ready()], timeout=PLACEMENT_TIMEOUT_S)
-        if not ready:
-            remove_placement_group(self.placement)
-            raise RuntimeError(
-                f"the cluster cannot place {count} {role} actor(s) with {cpus} CPU and {gpus} GPU each within "
-                f"{PLACEMENT_TIMEOUT_S}s; lower cluster.* or add nodes (ray status shows what is free)"
-            )
+        self.placement = None
+        if cpus or gpus:  # a role that reserves nothing (the batch role) needs no placement group
+            bundle = {"CPU": cpus, "GPU": gpus} if gpus else {"CPU": cpus}
+            self.placement = placement_group([bundle] * count, strategy)
+            ready, _ = ray.wait([self.placement.ready()], timeout=PLACEMENT_TIMEOUT_S)
+            if not ready:
+                remove_placement_group(self.placement)
+                raise RuntimeError(
+                    f"the cluster cannot place {count} {role} actor(s) with {cpus} CPU and {gpus} GPU each within "
+                    f"{PLACEMENT_TIMEOUT_S}s; lower cluster.* or add nodes (ray status shows what is free)"
+                )
         self.actors = [
             actor_cls.options(
                 num_cpus=cpus,
                 num_gpus=gpus,
-                scheduling_strategy=PlacementGroupSchedulingStrategy(self.placement, placement_group_bundle_index=i),
-                name=None,
+                scheduling_strategy=self._strategy(i),
             ).remote(*args, **(kwargs or {}), **({"rank": i, "world_size": count} if ranked else {}))
             for i in range(count)
         ]
+
+    def _strategy(self, index: int) -> PlacementGroupSchedulingStrategy | str:
+        if self.placement is None:
+            return "DEFAULT"
+        return PlacementGroupSchedulingStrategy(self.placement, placement_group_bundle_index=index)
 
     def __len__(self) -> int:
         return len(self.actors)
@@ -108,4 +141,5 @@ class ActorGroup:
         """Kill the actors and release their placement group."""
         for actor in self.actors:
             ray.kill(actor)
-        remove_placement_group(self.placement)
+        if self.placement is not None:
+            remove_placement_group(self.placement)

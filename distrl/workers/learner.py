@@ -4,7 +4,8 @@ Every rank receives the whole batch by object reference and works on its own sha
 is ``learner.epochs`` passes × ``learner.mini_batches`` optimizer steps; each mini-batch is split
 into micro-batches by a token budget (gradient accumulation). Loss denominators are those of
 the whole mini-batch across ranks, so N ranks compute exactly the update of one (FSDP averages
-gradients over ranks, hence the ``world_size`` factor). gloo on CPU, NCCL on GPU.
+gradients over ranks, hence the ``world_size`` factor). gloo on CPU, NCCL on GPU. A group of one
+trains the plain module: with nothing to shard, FSDP's hooks would only add work.
 """
 
 from __future__ import annotations
@@ -26,13 +27,16 @@ from torch.distributed.checkpoint.state_dict import (
 )
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import fully_shard
+from torch.distributed.tensor import DTensor
 
 from distrl.algorithms import aggregate_loss, kl_penalty, policy_loss
 from distrl.config import Config
 from distrl.data.batch import TrajectoryBatch, shard_bounds
+from distrl.models.flat import FlatWeights
 from distrl.models.forward import response_logprobs, stack_rows
 from distrl.models.loading import load_policy, load_tokenizer
 from distrl.workers.group import actor_device
+from distrl.workers.timing import BusyClock, busy
 
 FULL_STATE = StateDictOptions(full_state_dict=True, cpu_offload=True)
 
@@ -59,13 +63,13 @@ def free_port() -> int:
 
 
 @ray.remote
-class Learner:
+class Learner(BusyClock):
     """One rank of the policy learner group."""
 
     def __init__(self, model_path: str, cfg: Config, *, rank: int, world_size: int) -> None:
         self.cfg, self.rank, self.world_size = cfg, rank, world_size
         self.model_path = model_path
-        self.device = actor_device(cfg.cluster.learner)
+        self.device = actor_device(cfg.cluster.learner, "learner", share=world_size)
 
     def rendezvous(self) -> tuple[str, int]:
         """Rank 0's address for the process group."""
@@ -78,12 +82,14 @@ class Learner:
         dist.init_process_group(
             backend, init_method=f"tcp://{address}:{port}", rank=self.rank, world_size=self.world_size
         )
-        mesh = init_device_mesh(self.device.type, (self.world_size,))
         model = load_policy(self.model_path, self.cfg.model.dtype).to(self.device)
         model.gradient_checkpointing_disable()
-        for layer in model.model.layers:
-            fully_shard(layer, mesh=mesh)
-        self.model = fully_shard(model, mesh=mesh)
+        if self.world_size > 1:  # one rank holds the whole model: FSDP's hooks would only add work
+            mesh = init_device_mesh(self.device.type, (self.world_size,))
+            for layer in model.model.layers:
+                fully_shard(layer, mesh=mesh)
+            model = fully_shard(model, mesh=mesh)
+        self.model = model
         learner = self.cfg.learner
         total = self.cfg.trainer.total_steps * learner.epochs * learner.mini_batches
         self.optimizer, self.scheduler = make_optimizer(
@@ -101,6 +107,7 @@ class Learner:
         return sum(p.numel() for p in model.parameters())
 
     @torch.no_grad()
+    @busy("old_logprob")
     def logprobs(self, batch: TrajectoryBatch) -> torch.Tensor:
         """This rank's shard's log-probs ``[shard, T]`` under the current policy (old log-probs)."""
         shard = batch.shard(self.rank, self.world_size)
@@ -120,14 +127,20 @@ class Learner:
         need = max(math.ceil(n * width / self.cfg.learner.micro_batch_tokens) for n in rows)
         return shard.split(max(1, min(need, min(rows))))
 
+    @busy("update")
     def update(self, batch: TrajectoryBatch, step: int, kl_coef: float = 0.0) -> dict[str, float]:
-        """One policy update on a batch with ``advantages`` and ``old_logprobs`` (and
-        ``ref_logprobs`` when the KL term is a loss, weighted by ``kl_coef``, which the adaptive
-        controller may change between steps). Returns metrics averaged over micro-batches."""
+        """One policy update on a batch with ``advantages`` (and ``ref_logprobs`` when the KL term is
+        a loss, weighted by ``kl_coef``, which the adaptive controller may change between steps).
+        Without ``old_logprobs`` in the batch (no old-log-prob pass, see
+        :attr:`~distrl.config.LearnerConfig.old_logprob_pass`) π_old is the forward's own detached
+        log-probs, and this update also reports ``policy/kl_ref`` and ``rollout/logprob_diff`` over the
+        whole batch. Returns metrics averaged over micro-batches."""
         cfg = self.cfg
         self.model.train()
         sums: dict[str, float] = {}
         count, skipped, grad_norms = 0, 0, []
+        # Σ|log π − log π_rollout|, Σ KL(π‖π_ref), Σ tokens: the old-log-prob pass's metrics, when it was skipped
+        old_stats = torch.zeros(3, device=self.device)
         generator = torch.Generator().manual_seed(cfg.trainer.seed * 100_003 + step)
         for _ in range(cfg.learner.epochs):
             order = torch.randperm(len(batch), generator=generator)
@@ -135,7 +148,7 @@ class Learner:
                 mini = batch.select(mini_index)
                 denominators = {"num_seqs": len(mini), "num_tokens": float(mini.response_mask.sum())}
                 for micro in self._micro_batches(mini, mini.shard(self.rank, self.world_size)):
-                    loss, metrics = self._micro_loss(micro, denominators, generator, kl_coef)
+                    loss, metrics = self._micro_loss(micro, denominators, generator, kl_coef, old_stats)
                     (loss * self.world_size).backward()
                     for k, v in metrics.items():
                         sums[k] = sums.get(k, 0.0) + float(v)
@@ -153,10 +166,22 @@ class Learner:
         out["policy/grad_norm"] = sum(grad_norms) / len(grad_norms) if grad_norms else float("nan")
         out["policy/lr"] = self.scheduler.get_last_lr()[0]
         out["train/nonfinite_skipped"] = float(skipped)
+        if "old_logprobs" not in batch.token:
+            if self.world_size > 1:
+                dist.all_reduce(old_stats)
+            tokens = float(old_stats[2].clamp(min=1))
+            out["rollout/logprob_diff"] = float(old_stats[0]) / tokens
+            if "ref_logprobs" in batch.token:
+                out["policy/kl_ref"] = float(old_stats[1]) / tokens
         return out
 
     def _micro_loss(
-        self, micro: TrajectoryBatch, denominators: dict[str, float], generator: torch.Generator, kl_coef: float
+        self,
+        micro: TrajectoryBatch,
+        denominators: dict[str, float],
+        generator: torch.Generator,
+        kl_coef: float,
+        old_stats: torch.Tensor,
     ) -> tuple[torch.Tensor, dict[str, float]]:
         """Policy loss (+ KL loss − entropy bonus) of one micro-batch, with mini-batch denominators."""
         alg = self.cfg.algorithm
@@ -168,11 +193,19 @@ class Learner:
             self.model, micro, temperature=self.cfg.rollout.temperature, with_entropy=True
         )
         logprobs = logprobs.float()
+        old_logprobs = move.get("old_logprobs")
+        if old_logprobs is None:
+            old_logprobs = logprobs.detach()
+            valid = micro.response_mask.to(self.device)
+            old_stats[0] += ((old_logprobs - move["rollout_logprobs"]).abs() * valid).sum()
+            if "ref_logprobs" in move:
+                old_stats[1] += (kl_penalty(old_logprobs, move["ref_logprobs"], alg.kl.estimator) * valid).sum()
+            old_stats[2] += valid.sum()
         agg = {"max_len": self.cfg.rollout.max_new_tokens, **denominators}
         loss, metrics = policy_loss(
             alg.policy_loss,
             logprobs=logprobs,
-            old_logprobs=move["old_logprobs"],
+            old_logprobs=old_logprobs,
             advantages=move["advantages"],
             response_mask=mask,
             clip_low=alg.clip_low,
@@ -193,7 +226,7 @@ class Learner:
         metrics = {k: float(v) for k, v in metrics.items()}
         metrics["policy/pg_loss"] = loss.item()
         mean_entropy = aggregate_loss(entropy.float(), mask, alg.loss_agg, **agg)
-        metrics["policy/entropy"] = float((entropy * mask).sum() / mask.sum().clamp(min=1))
+        metrics["policy/entropy"] = float((entropy.detach() * mask).sum() / mask.sum().clamp(min=1))
         if kl_coef > 0 and alg.kl.uses_loss:
             kl = aggregate_loss(kl_penalty(logprobs, move["ref_logprobs"], alg.kl.estimator), mask, alg.loss_agg, **agg)
             loss = loss + kl_coef * kl
@@ -202,13 +235,17 @@ class Learner:
         metrics["policy/loss"] = loss.item()
         return loss, metrics
 
-    def state_dict(self, dtype: str) -> dict[str, torch.Tensor] | None:
-        """The full state dict on rank 0 in ``dtype`` (a collective: every rank must call it)."""
-        full = get_model_state_dict(self.model, options=FULL_STATE)
-        if self.rank != 0:
-            return None
-        target = getattr(torch, dtype)
-        return {k: v.to(target) for k, v in full.items()}
+    @busy("weight_gather")
+    def state_dict(self, dtype: str) -> FlatWeights | None:
+        """The full weights on rank 0 as one flat buffer in ``dtype`` (a collective: every rank must
+        call it). Each sharded tensor is gathered and copied (cast, to CPU) into its slot in turn."""
+        state = self.model.state_dict()
+        flat = FlatWeights.allocate({k: v.shape for k, v in state.items()}, getattr(torch, dtype))
+        for i, tensor in enumerate(state.values()):
+            full = tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
+            if self.rank == 0:
+                flat.view(i).copy_(full.detach())
+        return flat if self.rank == 0 else None
 
     def save(self, folder: str) -> None:
         """Write a Hugging Face folder (weights, config, tokenizer) plus ``optimizer.pt`` (collective)."""

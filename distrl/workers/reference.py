@@ -7,21 +7,24 @@ import torch
 
 from distrl.config import Config
 from distrl.data.batch import TrajectoryBatch
+from distrl.models.flat import FlatWeights
 from distrl.models.forward import response_logprobs, stack_rows
 from distrl.models.loading import load_policy
 from distrl.workers.group import actor_device
+from distrl.workers.timing import BusyClock, busy
 
 
 @ray.remote
-class Reference:
+class Reference(BusyClock):
     """One reference actor; a group of N splits each batch into N shards by rank."""
 
     def __init__(self, model_path: str, cfg: Config, *, rank: int = 0, world_size: int = 1) -> None:
-        self.device = actor_device(cfg.cluster.reference)
+        self.device = actor_device(cfg.cluster.reference, "reference")
         self.model = load_policy(model_path, cfg.model.dtype).to(self.device).eval()
         self.cfg, self.rank, self.world_size = cfg, rank, world_size
 
     @torch.no_grad()
+    @busy("reference")
     def logprobs(self, batch: TrajectoryBatch) -> torch.Tensor:
         """Reference log-probs ``[shard, T]`` of this rank's shard."""
         shard = batch.shard(self.rank, self.world_size)
@@ -32,6 +35,6 @@ class Reference:
             shard.response_ids.shape[1],
         )
 
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        """The reference weights (PVPO samples from the reference policy with them)."""
-        return {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
+    def state_dict(self, dtype: str) -> FlatWeights:
+        """The reference weights in ``dtype`` (PVPO samples from the reference policy with them)."""
+        return FlatWeights.from_tensors(self.model.state_dict(), getattr(torch, dtype))

@@ -11,10 +11,11 @@ from distrl.algorithms import overlong_penalty
 from distrl.config import Config
 from distrl.data.batch import TrajectoryBatch
 from distrl.rewards import RewardScorer, Sample
+from distrl.workers.timing import BusyClock, busy
 
 
 @ray.remote
-class RewardWorker:
+class RewardWorker(BusyClock):
     """One scorer actor (rule verifiers, a user function, or a reward model)."""
 
     def __init__(self, cfg: Config) -> None:
@@ -23,6 +24,7 @@ class RewardWorker:
             function=cfg.reward.function, model_path=cfg.reward.model_path, batched=cfg.reward.batched
         )
 
+    @busy("reward")  # outside ray.method: Ray reads num_returns from the unwrapped function
     @ray.method(num_returns=2)
     def score(self, batch: TrajectoryBatch) -> tuple[TrajectoryBatch, dict]:
         """Adds ``scores`` (shaped), ``raw_scores`` and ``accuracy`` (NaN where unjudged) per sample."""

@@ -17,10 +17,13 @@ from dataclasses import dataclass
 import ray
 import torch
 
-from distrl.config import RolloutConfig
+from distrl.config import RoleResources, RolloutConfig
 from distrl.data.batch import TrajectoryBatch
 from distrl.data.records import PromptRecord, render_prompt
+from distrl.models.flat import FlatWeights
 from distrl.models.loading import load_policy, load_tokenizer
+from distrl.workers.group import actor_device
+from distrl.workers.timing import BusyClock, busy
 
 
 @dataclass
@@ -50,13 +53,27 @@ class VllmEngine:
         )
 
     def generate(
-        self, prompts: Sequence[list[int]], *, n: int, max_new_tokens: int, temperature: float, top_p: float, seed: int
+        self,
+        prompts: Sequence[list[int]],
+        *,
+        n: int,
+        max_new_tokens: int,
+        temperature: float,
+        top_p: float,
+        seed: int,
+        ignore_eos: bool = False,
     ) -> list[list[Generation]]:
         from vllm import SamplingParams
 
         params = [
             SamplingParams(
-                n=n, max_tokens=max_new_tokens, temperature=temperature, top_p=top_p, logprobs=0, seed=seed + i
+                n=n,
+                max_tokens=max_new_tokens,
+                temperature=temperature,
+                top_p=top_p,
+                logprobs=0,
+                seed=seed + i,
+                ignore_eos=ignore_eos,
             )
             for i in range(len(prompts))
         ]
@@ -73,9 +90,9 @@ class VllmEngine:
             for out in outputs
         ]
 
-    def load_weights(self, weights: dict[str, torch.Tensor]) -> None:
+    def load_weights(self, weights: FlatWeights) -> None:
         self.llm.collective_rpc(
-            "reload_weights", kwargs={"weights_iterator": iter(weights.items()), "is_checkpoint_format": True}
+            "reload_weights", kwargs={"weights_iterator": weights.items(), "is_checkpoint_format": True}
         )
         self.llm.reset_prefix_cache()
 
@@ -99,7 +116,15 @@ class HFEngine:
 
     @torch.no_grad()
     def generate(
-        self, prompts: Sequence[list[int]], *, n: int, max_new_tokens: int, temperature: float, top_p: float, seed: int
+        self,
+        prompts: Sequence[list[int]],
+        *,
+        n: int,
+        max_new_tokens: int,
+        temperature: float,
+        top_p: float,
+        seed: int,
+        ignore_eos: bool = False,
     ) -> list[list[Generation]]:
         torch.manual_seed(seed)
         pad, eos = self.tokenizer.pad_token_id, self.tokenizer.eos_token_id
@@ -115,6 +140,7 @@ class HFEngine:
             top_p=top_p,
             top_k=0,
             max_new_tokens=max_new_tokens,
+            min_new_tokens=max_new_tokens if ignore_eos else None,
             pad_token_id=pad,
             eos_token_id=eos,
             return_dict_in_generate=True,
@@ -130,8 +156,11 @@ class HFEngine:
             results.append(Generation(tokens[:length], token_lp[row, :length].tolist(), eos not in tokens))
         return [results[i * n : (i + 1) * n] for i in range(len(prompts))]
 
-    def load_weights(self, weights: dict[str, torch.Tensor]) -> None:
-        self.model.load_state_dict({k: v.float() for k, v in weights.items()}, strict=False)
+    @torch.no_grad()
+    def load_weights(self, weights: FlatWeights) -> None:
+        params = self.model.state_dict()
+        for name, tensor in weights.items():
+            params[name].copy_(tensor)
 
     @torch.no_grad()
     def sequence_logprobs(self, prompt_ids: list[int], response_ids: list[int]) -> list[float]:
@@ -152,10 +181,20 @@ class _RotaryReloadNotice(logging.Filter):
 
 
 @ray.remote
-class RolloutWorker:
+class RolloutWorker(BusyClock):
     """One generation engine; a rollout group is several of these, each given a shard of prompts."""
 
-    def __init__(self, model_path: str, cfg: RolloutConfig, *, max_model_len: int, seed: int, rank: int = 0) -> None:
+    def __init__(
+        self,
+        model_path: str,
+        cfg: RolloutConfig,
+        *,
+        max_model_len: int,
+        seed: int,
+        resources: RoleResources | None = None,
+        rank: int = 0,
+    ) -> None:
+        actor_device(resources or RoleResources(), "rollout")  # cores and threads, before the engine's pools
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
@@ -166,6 +205,7 @@ class RolloutWorker:
         self.engine = ENGINES[cfg.engine](model_path, cfg, max_model_len=max_model_len, seed=seed + rank)
         self.version = 0
 
+    @busy("generation")
     def generate(self, records: list[PromptRecord], group_ids: list[str], *, n: int, seed: int) -> TrajectoryBatch:
         """``n`` samples for each record; samples of record i share ``group_ids[i]``."""
         texts = [render_prompt(r.prompt, self.tokenizer) for r in records]
@@ -177,6 +217,7 @@ class RolloutWorker:
             temperature=self.cfg.temperature,
             top_p=self.cfg.top_p,
             seed=seed,
+            ignore_eos=self.cfg.ignore_eos,
         )
         samples = [(i, g) for i, gens in enumerate(groups) for g in gens]
         return TrajectoryBatch.from_lists(
@@ -203,8 +244,9 @@ class RolloutWorker:
         """The policy version the loaded weights belong to (a resumed run starts past 0)."""
         self.version = version
 
-    def load_weights(self, weights: dict[str, torch.Tensor], version: int) -> int:
-        """Load a full state dict (Ray resolves the object reference) and adopt its version."""
+    @busy("weight_load")
+    def load_weights(self, weights: FlatWeights, version: int) -> int:
+        """Load full weights (Ray resolves the object reference, zero-copy) and adopt its version."""
         self.engine.load_weights(weights)
         self.version = version
         return version

@@ -82,6 +82,8 @@ class Workload:
     max_new_tokens: int
     epochs: int = 1
     micro_batch_tokens: int = 4096
+    algorithm: tuple[str, ...] = ()
+    """Extra ``algorithm.*`` overrides (the default is GRPO with its KL term)."""
 
     def overrides(self) -> list[str]:
         return [
@@ -96,6 +98,7 @@ class Workload:
             f"rollout.max_new_tokens={self.max_new_tokens}",
             f"learner.epochs={self.epochs}",
             f"learner.micro_batch_tokens={self.micro_batch_tokens}",
+            *self.algorithm,
         ]
 
 
@@ -103,7 +106,7 @@ WORKLOADS = {
     "quick": Workload(64, 2, 2, 128, prompts=2, samples=2, max_new_tokens=8),
     "tiny": Workload(256, 4, 4, 1024, prompts=16, samples=8, max_new_tokens=16),
     "small": Workload(512, 8, 8, 2048, prompts=8, samples=8, max_new_tokens=128),
-    "balanced": Workload(256, 4, 4, 1024, prompts=8, samples=8, max_new_tokens=128),
+    "balanced": Workload(256, 4, 4, 1024, prompts=4, samples=8, max_new_tokens=128, algorithm=("algorithm.kl.coef=0",)),
 }
 
 

@@ -73,6 +73,8 @@ from distrl.rewards.verifiers import verify_arithmetic
 
 ROOT = Path(__file__).resolve().parent.parent
 SYSTEMS = ("trl", "distrl")
+PROFILE_PREFIXES = ("timing/", "compute/")
+"""distrl metrics kept per step as its profile."""
 TOKENS_DEFINITION = (
     "prompt + completion tokens (EOS included, padding excluded) of every sequence trained on in a step, "
     "divided by that step's wall-clock seconds"
@@ -143,6 +145,8 @@ class Run:
     total_s: float
     load_avg: float
     """The machine's 1-minute load average when the run was launched (other work skews the timings)."""
+    phases: dict[str, list[float]] = field(default_factory=dict)
+    """distrl only: per-step ``timing/*`` and ``compute/*`` seconds from its metrics (the profile)."""
 
     def steady(self, warmup: int) -> list[tuple[float, float]]:
         """``(step seconds, tokens/s)`` of each step after the first ``warmup``."""
@@ -367,8 +371,18 @@ def run_distrl(w: Workload, model: Path, workdir: Path, repeat: int) -> Run:
     records = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
     step_s = [r["timing/step_s"] for r in records]
     tokens = [round(r["throughput/tokens_per_s"] * r["timing/step_s"]) for r in records]
+    names = sorted({k for r in records for k in r if k.startswith(PROFILE_PREFIXES) and k != "timing/step_s"})
+    phases = {name: [r.get(name, 0.0) for r in records] for name in names}
     first_line_at = first_line_at if first_line_at is not None else began + total
-    return Run("distrl", repeat, step_s, tokens, first_line_at - began - step_s[0], total, load)
+    return Run("distrl", repeat, step_s, tokens, first_line_at - began - step_s[0], total, load, phases)
+
+
+def profile(runs: list[Run], warmup: int) -> dict[str, float]:
+    """distrl's median seconds per phase over the steady steps of its runs (``compute/*`` measured in
+    the actors, ``timing/*`` by the controller, ``timing/overhead_s`` the difference)."""
+    own = [r for r in runs if r.phases]
+    names = sorted({n for r in own for n in r.phases})
+    return {n: statistics.median(v for r in own for v in r.phases.get(n, [])[warmup:]) for n in names}
 
 
 # ----------------------------------------------------------------------------------------------------------- report
@@ -487,6 +501,7 @@ def benchmark(w: Workload, repeats: int, workdir: Path) -> dict[str, Any]:
             print(f"vs_trl: {system} run {repeat + 1}/{repeats} ...", flush=True)
             runs.append(run(w, model, workdir, repeat))
     summary = summarize(runs, w.warmup)
+    summary["distrl"]["phases_s"] = profile(runs, w.warmup)
     return {
         "workload": asdict(w),
         "tokens_per_s": TOKENS_DEFINITION,
@@ -521,6 +536,9 @@ def main(argv: list[str] | None = None) -> None:
     runs = [Run(**r) for r in report["runs"]]
     print(table(runs, report["summary"], w.warmup))
     print(f"tokens/s: {TOKENS_DEFINITION}; medians over steps after the first {w.warmup} of each run")
+    phases = report["summary"]["distrl"].get("phases_s", {})
+    shown = [f"{name.removesuffix('_s')} {seconds:.3f}" for name, seconds in phases.items() if seconds >= 0.001]
+    print("distrl step by phase (median s): " + ", ".join(shown))
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=2) + "\n")

@@ -196,9 +196,10 @@ class Trainer:
             self.prefetched = self.background.submit(self.collect, step + 1)
 
         with self.timed(timings, "logprobs"):
-            old_parts = self.learner.call_all("logprobs", batch_ref) if cfg.old_logprob_pass else None
-            ref_parts = self.reference.call_all("logprobs", batch_ref) if self.reference else None
-            value_parts = self.critic.call_all("values", batch_ref) if self.critic else None
+            share = cfg.old_logprob_pass + (self.reference is not None) + (self.critic is not None)
+            old_parts = self.learner.call_all("logprobs", batch_ref, share) if cfg.old_logprob_pass else None
+            ref_parts = self.reference.call_all("logprobs", batch_ref, share) if self.reference else None
+            value_parts = self.critic.call_all("values", batch_ref, share) if self.critic else None
             self.learner.get((old_parts or []) + (ref_parts or []) + (value_parts or []))
 
         with self.timed(timings, "advantages"):

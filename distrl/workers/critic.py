@@ -13,7 +13,7 @@ from distrl.config import Config
 from distrl.data.batch import TrajectoryBatch
 from distrl.models.forward import response_values, stack_rows
 from distrl.models.loading import load_critic
-from distrl.workers.group import actor_device
+from distrl.workers.group import actor_device, sharing_cores
 from distrl.workers.learner import make_optimizer
 from distrl.workers.timing import BusyClock, busy
 
@@ -43,14 +43,16 @@ class Critic(BusyClock):
 
     @torch.no_grad()
     @busy("values")
-    def values(self, batch: TrajectoryBatch) -> torch.Tensor:
-        """V(x, y_<t) ``[B, T]`` for every response token."""
+    def values(self, batch: TrajectoryBatch, share: int = 1) -> torch.Tensor:
+        """V(x, y_<t) ``[B, T]`` for every response token; ``share``: roles computing at the same
+        time (see :func:`sharing_cores`)."""
         self.model.eval()
-        return stack_rows(
-            batch.micro_batches(self.cfg.learner.micro_batch_tokens),
-            lambda micro: response_values(self.model, micro),
-            batch.response_ids.shape[1],
-        )
+        with sharing_cores(self.cfg.cluster.critic, share):
+            return stack_rows(
+                batch.micro_batches(self.cfg.learner.micro_batch_tokens),
+                lambda micro: response_values(self.model, micro),
+                batch.response_ids.shape[1],
+            )
 
     @busy("critic_update")
     def update(self, batch: TrajectoryBatch, step: int) -> dict[str, float]:

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import ray
@@ -47,6 +48,22 @@ def use_cores(resources: RoleResources, role: str, share: int = 1) -> int:
     torch.set_num_threads(threads)
     os.environ["OMP_NUM_THREADS"] = str(threads)
     return threads
+
+
+@contextmanager
+def sharing_cores(resources: RoleResources, share: int) -> Iterator[None]:
+    """Inside an actor whose role uses every core (``threads=0``, not pinned): while the block runs,
+    use 1/``share`` of its threads, because ``share`` roles compute at the same time (the log-prob
+    stage: old log-probs ∥ reference ∥ values). Splitting the cores beats oversubscribing them."""
+    if resources.threads != 0 or resources.cores or share <= 1 or torch.cuda.is_available():
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(1, threads // share))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def actor_device(resources: RoleResources, role: str, share: int = 1) -> torch.device:

@@ -35,7 +35,7 @@ from distrl.data.batch import TrajectoryBatch, shard_bounds
 from distrl.models.flat import FlatWeights
 from distrl.models.forward import response_logprobs, stack_rows
 from distrl.models.loading import load_policy, load_tokenizer
-from distrl.workers.group import actor_device
+from distrl.workers.group import actor_device, sharing_cores
 from distrl.workers.timing import BusyClock, busy
 
 FULL_STATE = StateDictOptions(full_state_dict=True, cpu_offload=True)
@@ -108,15 +108,17 @@ class Learner(BusyClock):
 
     @torch.no_grad()
     @busy("old_logprob")
-    def logprobs(self, batch: TrajectoryBatch) -> torch.Tensor:
-        """This rank's shard's log-probs ``[shard, T]`` under the current policy (old log-probs)."""
+    def logprobs(self, batch: TrajectoryBatch, share: int = 1) -> torch.Tensor:
+        """This rank's shard's log-probs ``[shard, T]`` under the current policy (old log-probs);
+        ``share``: roles computing at the same time (see :func:`sharing_cores`)."""
         shard = batch.shard(self.rank, self.world_size)
         temperature = self.cfg.rollout.temperature
-        return stack_rows(
-            self._micro_batches(batch, shard),
-            lambda micro: response_logprobs(self.model, micro, temperature=temperature)[0],
-            shard.response_ids.shape[1],
-        )
+        with sharing_cores(self.cfg.cluster.learner, share):
+            return stack_rows(
+                self._micro_batches(batch, shard),
+                lambda micro: response_logprobs(self.model, micro, temperature=temperature)[0],
+                shard.response_ids.shape[1],
+            )
 
     def _micro_batches(self, whole: TrajectoryBatch, shard: TrajectoryBatch) -> list[TrajectoryBatch]:
         """Split ``shard`` into as many micro-batches as the busiest rank needs (FSDP needs every

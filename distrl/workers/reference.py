@@ -10,7 +10,7 @@ from distrl.data.batch import TrajectoryBatch
 from distrl.models.flat import FlatWeights
 from distrl.models.forward import response_logprobs, stack_rows
 from distrl.models.loading import load_policy
-from distrl.workers.group import actor_device
+from distrl.workers.group import actor_device, sharing_cores
 from distrl.workers.timing import BusyClock, busy
 
 
@@ -25,15 +25,17 @@ class Reference(BusyClock):
 
     @torch.no_grad()
     @busy("reference")
-    def logprobs(self, batch: TrajectoryBatch) -> torch.Tensor:
-        """Reference log-probs ``[shard, T]`` of this rank's shard."""
+    def logprobs(self, batch: TrajectoryBatch, share: int = 1) -> torch.Tensor:
+        """Reference log-probs ``[shard, T]`` of this rank's shard; ``share``: roles computing at the
+        same time (see :func:`sharing_cores`)."""
         shard = batch.shard(self.rank, self.world_size)
         temperature = self.cfg.rollout.temperature
-        return stack_rows(
-            shard.micro_batches(self.cfg.learner.micro_batch_tokens),
-            lambda micro: response_logprobs(self.model, micro, temperature=temperature)[0],
-            shard.response_ids.shape[1],
-        )
+        with sharing_cores(self.cfg.cluster.reference, share):
+            return stack_rows(
+                shard.micro_batches(self.cfg.learner.micro_batch_tokens),
+                lambda micro: response_logprobs(self.model, micro, temperature=temperature)[0],
+                shard.response_ids.shape[1],
+            )
 
     def state_dict(self, dtype: str) -> FlatWeights:
         """The reference weights in ``dtype`` (PVPO samples from the reference policy with them)."""

@@ -88,7 +88,8 @@ class AlgorithmConfig:
     dynamic_sampling: bool = False
     """DAPO: drop prompts whose samples all score the same; keep sampling until the batch is full."""
     max_sampling_rounds: int = 8
-    """Dynamic sampling gives up (with an error) after this many generation rounds in one step."""
+    """Dynamic sampling stops after this many generation rounds in one step and trains on the prompts it
+    kept (a smaller batch, with a note); it stops the run only when it kept none."""
     overlong: OverlongConfig | None = None
     """Soft overlong punishment; ``None`` = off."""
     mask_truncated: bool = False

@@ -290,14 +290,8 @@ class Trainer:
             "policy_versions": [],
         }
         errors, first_error = 0, None
-        while kept < wanted:
+        while kept < wanted and rounds < alg.max_sampling_rounds:
             rounds += 1
-            if rounds > alg.max_sampling_rounds:
-                raise TrainingError(
-                    f"dynamic sampling found only {kept} of {wanted} prompts with a reward spread after "
-                    f"{alg.max_sampling_rounds} rounds (algorithm.max_sampling_rounds); the task is too easy or too "
-                    "hard for the policy: raise rollout.n or algorithm.max_sampling_rounds, or turn it off"
-                )
             records = [r for r in self.stream.next_batch(wanted) if self.pvpo_values.get(r.index, 0.0) < 1.0]
             if not records:
                 continue
@@ -334,6 +328,17 @@ class Trainer:
                         kept += 1
                 if take:
                     parts.append((batch_ref, take))
+        if kept == 0:
+            raise TrainingError(
+                f"no prompt had a reward spread in {rounds} sampling round(s) (algorithm.max_sampling_rounds) at step "
+                f"{step + 1}: the task is too easy or too hard for the policy; raise rollout.n or "
+                "algorithm.max_sampling_rounds, or turn algorithm.dynamic_sampling off"
+            )
+        if kept < wanted:
+            self.metrics.print(
+                f"distrl: step {step + 1}: dynamic sampling kept {kept} of {wanted} prompts in {rounds} rounds "
+                "(algorithm.max_sampling_rounds); training on those"
+            )
         if first_error and errors:
             self.metrics.print(f"distrl: {errors} sample(s) failed to score (scored 0); first error:\n{first_error}")
         batch_ref = self.batches.actors[0].assemble.remote(parts)

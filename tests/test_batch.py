@@ -48,9 +48,26 @@ def test_select_concat_and_shard_roundtrip():
 
 def test_micro_batches_respect_token_budget():
     b = make([[1, 2]] * 7, [[3, 4, 5]] * 7)
-    micro = b.micro_batches(token_budget=10)
+    micro, order = b.micro_batches(token_budget=10)
     assert [len(m) for m in micro] == [2, 2, 2, 1]
-    assert [r for m in micro for r in rows(m)] == rows(b)
+    assert [r for m in micro for r in rows(m)] == rows(b.select(order))
+
+
+def test_micro_batches_group_rows_of_similar_length_and_keep_the_order():
+    responses = [[3], [4] * 9, [5, 5], [6] * 8, [7] * 3, [8] * 9]
+    b = make([[1, 2]] * 6, responses)
+    micro, order = b.micro_batches(token_budget=24)
+    # longest first: rows 1 and 5 (11 tokens each) fit 2 × 11 ≤ 24; then row 3 (10) with row 4 (5) would need
+    # 2 × 10 = 20 ≤ 24, row 2 (4) would make 3 × 10 = 30 > 24
+    assert order.tolist() == [1, 5, 3, 4, 2, 0]
+    assert [len(m) for m in micro] == [2, 2, 2]
+    assert [m.response_ids.shape[1] for m in micro] == [9, 8, 2]  # each trimmed to its own longest
+    assert [r for m in micro for r in rows(m)] == rows(b.select(order))
+    padded = sum(len(m) * (m.prompt_len + m.response_ids.shape[1]) for m in micro)
+    consecutive = sum(len(m) * (m.prompt_len + m.response_ids.shape[1]) for m in b.split(3))
+    assert padded < consecutive  # 50 against 64 padded tokens
+    parts, order = b.split_by_length(2)
+    assert [len(m) for m in parts] == [3, 3] and order.tolist() == [1, 5, 3, 4, 2, 0]
 
 
 def test_shard_bounds_are_near_equal():

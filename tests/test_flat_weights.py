@@ -8,7 +8,7 @@ import torch
 
 from distrl.config import RoleResources
 from distrl.models.flat import ALIGN, FlatWeights
-from distrl.workers.group import use_cores
+from distrl.workers.group import sharing_cores, use_cores
 
 
 def state() -> dict[str, torch.Tensor]:
@@ -73,3 +73,17 @@ def test_pinning_to_a_core_the_node_lacks_names_role_and_the_cores_it_has():
     with pytest.raises(ValueError, match=r"cluster.rollout.cores=\[4096\] names core\(s\) \[4096\].*cores available"):
         use_cores(RoleResources(cores=[4096]), "rollout")
     assert os.sched_getaffinity(0) == before
+
+
+@pytest.mark.usefixtures("restore_threads")
+def test_roles_running_at_once_split_the_cores_only_when_they_use_all_of_them():
+    torch.set_num_threads(4)
+    with sharing_cores(RoleResources(threads=0), share=2):
+        assert torch.get_num_threads() == 2
+    assert torch.get_num_threads() == 4
+    with sharing_cores(RoleResources(threads=0), share=8):
+        assert torch.get_num_threads() == 1
+    with sharing_cores(RoleResources(threads=4), share=2):  # an explicit count is kept
+        assert torch.get_num_threads() == 4
+    with sharing_cores(RoleResources(threads=0, cores=[0]), share=2):  # pinned roles have their own cores
+        assert torch.get_num_threads() == 4

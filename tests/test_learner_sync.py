@@ -137,3 +137,38 @@ def test_nonfinite_guard_stops_after_k_in_a_row(tmp_path):
         guard.observe(skipped, None)
     with pytest.raises(TrainingError, match=r"3 updates in a row.*Last checkpoint: .*step_4"):
         guard.observe(True, tmp_path / "step_4")
+
+
+def test_ignore_eos_generates_exactly_max_new_tokens(tiny_config):
+    from distrl.data.arithmetic import make_problems
+
+    lengths = {}
+    for ignore in (False, True):
+        cfg = tiny_config(f"rollout.ignore_eos={str(ignore).lower()}", "rollout.max_new_tokens=12")
+        path = prepare_policy(cfg)  # warm-started: it has learned to end its answers with EOS
+        engine = RolloutWorker.remote(path, cfg.rollout, max_model_len=64, seed=0)
+        try:
+            records = make_problems(3, digits=2, seed=0)
+            batch = ray.get(engine.generate.remote(records, ["a", "b", "c"], n=2, seed=0))
+        finally:
+            ray.kill(engine)
+        lengths[ignore] = batch.response_lengths.tolist()
+    assert min(lengths[False]) < 12  # without the flag some answers end early
+    assert lengths[True] == [12.0] * 6
+
+
+def test_length_sorted_micro_batches_return_log_probs_in_batch_order(tiny_config):
+    cfg_one = tiny_config("algorithm.kl.coef=0")
+    cfg_many = tiny_config("algorithm.kl.coef=0", "learner.micro_batch_tokens=16")
+    path = prepare_policy(cfg_one)
+    batch = update_batch()
+    assert len(set(batch.response_lengths.tolist())) > 1  # rows of different lengths get reordered
+    results = []
+    for cfg in (cfg_one, cfg_many):
+        group = learner_group(path, cfg, 1)
+        try:
+            results.append(torch.cat(group.get(group.call_all("logprobs", batch))))
+        finally:
+            group.shutdown()
+    assert torch.allclose(results[0], results[1], atol=1e-5)
+    assert (results[0] != 0).sum() == batch.response_mask.sum()

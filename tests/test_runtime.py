@@ -85,6 +85,15 @@ def test_resume_after_interruption_matches_uninterrupted_run(tiny_config, tmp_pa
     assert {k: v.shape for k, v in a.items()} == {k: v.shape for k, v in b.items()}
 
 
+def test_dynamic_sampling_without_any_reward_spread_stops_naming_the_fix(tiny_config):
+    cfg = tiny_config(
+        "algorithm=dapo", f"reward.function={ROOT / 'tests/fixtures/coin_reward.py'}:constant",
+        "algorithm.max_sampling_rounds=2", "trainer.total_steps=1",
+    )  # fmt: skip
+    with pytest.raises(TrainingError, match=r"no prompt had a reward spread in 2 sampling round.*dynamic_sampling"):
+        train(cfg)
+
+
 def test_reward_function_failures_score_zero_and_are_counted(tiny_config):
     cfg = tiny_config(f"reward.function={ROOT / 'tests/fixtures/coin_reward.py'}:flaky", "trainer.total_steps=1")
     _, metrics = train(cfg)

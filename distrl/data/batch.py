@@ -169,9 +169,31 @@ class TrajectoryBatch:
         """``parts`` consecutive shards."""
         return [self.shard(rank, parts) for rank in range(parts)]
 
-    def micro_batches(self, token_budget: int) -> list[TrajectoryBatch]:
-        """Consecutive slices whose padded size ``rows × (P + T)`` stays within ``token_budget``
-        (at least one row each)."""
-        width = self.prompt_len + self.response_ids.shape[1]
-        rows = max(1, token_budget // max(1, width))
-        return [self.select(range(i, min(i + rows, len(self)))) for i in range(0, len(self), rows)]
+    def length_order(self) -> torch.Tensor:
+        """Row indices from the longest sequence (real prompt + response tokens) to the shortest."""
+        lengths = self.prompt_mask.sum(-1) + self.response_mask.sum(-1).long()
+        return torch.argsort(lengths, descending=True, stable=True)
+
+    def micro_batches(self, token_budget: int) -> tuple[list[TrajectoryBatch], torch.Tensor]:
+        """The rows from the longest to the shortest, cut greedily into micro-batches whose padded
+        size (rows × their own prompt and response widths) stays within ``token_budget`` (at least
+        one row each): rows of similar length share a micro-batch, so little padding is computed.
+        Returns the micro-batches and the row order (their rows, concatenated, are
+        ``self.select(order)``)."""
+        order = self.length_order()
+        prompt = self.prompt_mask.sum(-1)[order].tolist()
+        response = self.response_mask.sum(-1)[order].long().tolist()
+        cuts, start, widest_p, widest_t = [], 0, 0, 0
+        for i, (p, t) in enumerate(zip(prompt, response, strict=True)):
+            widest_p, widest_t = max(widest_p, p), max(widest_t, t, 1)
+            if i > start and (i - start + 1) * (widest_p + widest_t) > token_budget:
+                cuts.append((start, i))
+                start, widest_p, widest_t = i, p, max(t, 1)
+        cuts.append((start, len(order)))
+        return [self.select(order[lo:hi]) for lo, hi in cuts if hi > lo], order
+
+    def split_by_length(self, parts: int) -> tuple[list[TrajectoryBatch], torch.Tensor]:
+        """``parts`` near-equal micro-batches of rows sorted from the longest to the shortest, each
+        trimmed to its own widths; and the row order (see :meth:`micro_batches`)."""
+        order = self.length_order()
+        return self.select(order).split(parts), order

@@ -59,9 +59,15 @@ def response_values(value_model: PreTrainedModel, batch: TrajectoryBatch) -> tor
 
 
 def stack_rows(
-    micro_batches: Sequence[TrajectoryBatch], compute: Callable[[TrajectoryBatch], torch.Tensor], width: int
+    micro_batches: tuple[Sequence[TrajectoryBatch], torch.Tensor],
+    compute: Callable[[TrajectoryBatch], torch.Tensor],
+    width: int,
 ) -> torch.Tensor:
     """``compute`` on each micro-batch (``[rows, T_i]`` each), stacked into ``[Σ rows, width]`` on the
-    CPU, zero-padded on the right (micro-batches are trimmed to their own longest response)."""
-    parts = [compute(micro).float().cpu() for micro in micro_batches]
-    return torch.cat([torch.nn.functional.pad(p, (0, width - p.shape[1])) for p in parts])
+    CPU, zero-padded on the right (micro-batches are trimmed to their own longest response), with
+    the rows put back from the micro-batches' ``order`` into the batch's own."""
+    micro, order = micro_batches
+    parts = torch.cat([torch.nn.functional.pad(p, (0, width - p.shape[1])) for p in map(compute, micro)])
+    out = torch.empty_like(parts, dtype=torch.float32, device="cpu")
+    out[order] = parts.float().cpu()
+    return out

@@ -66,7 +66,7 @@ class Critic(BusyClock):
             for mini_index in torch.randperm(len(batch), generator=generator).chunk(cfg.learner.mini_batches):
                 mini = batch.select(mini_index)
                 tokens = float(mini.response_mask.sum())
-                for micro in mini.micro_batches(cfg.learner.micro_batch_tokens):
+                for micro in mini.micro_batches(cfg.learner.micro_batch_tokens)[0]:
                     mask = micro.response_mask.to(self.device)
                     loss, metrics = value_loss(
                         values=response_values(self.model, micro),

@@ -120,14 +120,16 @@ class Learner(BusyClock):
                 shard.response_ids.shape[1],
             )
 
-    def _micro_batches(self, whole: TrajectoryBatch, shard: TrajectoryBatch) -> list[TrajectoryBatch]:
-        """Split ``shard`` into as many micro-batches as the busiest rank needs (FSDP needs every
-        rank to run the same number of forward passes)."""
+    def _micro_batches(
+        self, whole: TrajectoryBatch, shard: TrajectoryBatch
+    ) -> tuple[list[TrajectoryBatch], torch.Tensor]:
+        """Split ``shard``, its rows sorted by length, into as many micro-batches as the busiest rank
+        needs (FSDP needs every rank to run the same number of forward passes); and the row order."""
         width = whole.prompt_len + whole.response_ids.shape[1]
         bounds = shard_bounds(len(whole), self.world_size)
         rows = [hi - lo for lo, hi in itertools.pairwise(bounds)]
         need = max(math.ceil(n * width / self.cfg.learner.micro_batch_tokens) for n in rows)
-        return shard.split(max(1, min(need, min(rows))))
+        return shard.split_by_length(max(1, min(need, min(rows))))
 
     @busy("update")
     def update(self, batch: TrajectoryBatch, step: int, kl_coef: float = 0.0) -> dict[str, float]:
@@ -149,7 +151,7 @@ class Learner(BusyClock):
             for mini_index in order.chunk(cfg.learner.mini_batches):
                 mini = batch.select(mini_index)
                 denominators = {"num_seqs": len(mini), "num_tokens": float(mini.response_mask.sum())}
-                for micro in self._micro_batches(mini, mini.shard(self.rank, self.world_size)):
+                for micro in self._micro_batches(mini, mini.shard(self.rank, self.world_size))[0]:
                     loss, metrics = self._micro_loss(micro, denominators, generator, kl_coef, old_stats)
                     (loss * self.world_size).backward()
                     for k, v in metrics.items():

@@ -156,19 +156,26 @@ class Trainer:
     def fit(self) -> dict[str, float]:
         """Run from the start (or resumed) step to ``trainer.total_steps``; returns the summary."""
         cfg = self.cfg
-        last_saved = self.resumed
+        last_saved, saved_step = self.resumed, self.start_step
         try:
             if cfg.algorithm.advantage == "pvpo" and not self.pvpo_values:
                 self.estimate_pvpo_values()
             for step in range(self.start_step, cfg.trainer.total_steps):
-                metrics = self.step(step)
+                try:
+                    metrics = self.step(step)
+                except TrainingError as err:  # the steps done so far are sound: keep them
+                    if step > saved_step:
+                        last_saved, saved_step = self.save(step), step
+                    raise TrainingError(
+                        f"{err}. Last checkpoint: {last_saved or 'none'} (continue with trainer.resume=auto)"
+                    ) from err
                 self.metrics.log(step + 1, metrics)
                 if metrics["train/nonfinite_skipped"]:
                     self.metrics.print(f"distrl: step {step + 1}: NaN/inf gradient, update skipped")
                 self.nonfinite.observe(metrics["train/nonfinite_skipped"] > 0, last_saved)
                 every = cfg.trainer.save_every
                 if (every and (step + 1) % every == 0) or step + 1 == cfg.trainer.total_steps:
-                    last_saved = self.save(step + 1)
+                    last_saved, saved_step = self.save(step + 1), step + 1
                 if cfg.algorithm.advantage == "pvpo" and (step + 1) % cfg.algorithm.pvpo_refresh_every == 0:
                     self.estimate_pvpo_values()
         except RoleDiedError as err:

@@ -85,13 +85,19 @@ def test_resume_after_interruption_matches_uninterrupted_run(tiny_config, tmp_pa
     assert {k: v.shape for k, v in a.items()} == {k: v.shape for k, v in b.items()}
 
 
-def test_dynamic_sampling_without_any_reward_spread_stops_naming_the_fix(tiny_config):
+def test_dynamic_sampling_without_any_reward_spread_stops_naming_the_fix_and_keeps_the_steps_done(tiny_config):
     cfg = tiny_config(
-        "algorithm=dapo", f"reward.function={ROOT / 'tests/fixtures/coin_reward.py'}:constant",
-        "algorithm.max_sampling_rounds=2", "trainer.total_steps=1",
+        "algorithm=dapo", f"reward.function={ROOT / 'tests/fixtures/coin_reward.py'}:spread_then_constant",
+        "algorithm.max_sampling_rounds=2", "trainer.total_steps=4",
     )  # fmt: skip
-    with pytest.raises(TrainingError, match=r"no prompt had a reward spread in 2 sampling round.*dynamic_sampling"):
+    message = r"no prompt had a reward spread in 2 sampling round.*dynamic_sampling"
+    with pytest.raises(TrainingError, match=message) as err:
         train(cfg)
+    done = read_metrics(Path(cfg.trainer.output_dir) / "metrics.jsonl")
+    assert 1 <= len(done) < 4
+    saved = Path(cfg.trainer.output_dir) / "checkpoints" / f"step_{len(done)}"
+    assert f"Last checkpoint: {saved}" in str(err.value)
+    assert json.loads((saved / "trainer_state.json").read_text())["step"] == len(done)
 
 
 def test_reward_function_failures_score_zero_and_are_counted(tiny_config):

@@ -159,11 +159,9 @@ def engine_tokens_per_s(engine_name: str, model_path: str, cfg, prompts: list[li
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     engine = ENGINES[engine_name](model_path, cfg.rollout, max_model_len=512, seed=0)
-    kwargs = {"n": cfg.rollout.n, "max_new_tokens": cfg.rollout.max_new_tokens, "temperature": 1.0, "top_p": 1.0,
-              "ignore_eos": True}  # fmt: skip
-    engine.generate(prompts[:1], seed=0, **kwargs)
+    engine.generate(prompts[:1], n=cfg.rollout.n, seed=0)  # the workload's rollout.*: every response runs to the end
     start = time.perf_counter()
-    out = engine.generate(prompts, seed=1, **kwargs)
+    out = engine.generate(prompts, n=cfg.rollout.n, seed=1)
     elapsed = time.perf_counter() - start
     return sum(len(g.token_ids) for group in out for g in group) / elapsed
 

@@ -87,3 +87,16 @@ def test_roles_running_at_once_split_the_cores_only_when_they_use_all_of_them():
         assert torch.get_num_threads() == 4
     with sharing_cores(RoleResources(threads=0, cores=[0]), share=2):  # pinned roles have their own cores
         assert torch.get_num_threads() == 4
+
+
+def test_hf_engine_loads_flat_weights_into_its_parameters(tmp_path):
+    from distrl.config import RolloutConfig
+    from distrl.models.tiny import build_tiny_model
+    from distrl.workers.rollout import HFEngine
+
+    path = build_tiny_model(tmp_path / "m", hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64, seed=0)
+    engine = HFEngine(str(path), RolloutConfig(engine="hf"), max_model_len=64, seed=0)
+    new = {k: v + 0.5 for k, v in engine.model.state_dict().items()}
+    engine.load_weights(FlatWeights.from_tensors(new, torch.float32))
+    for name, tensor in engine.model.state_dict().items():
+        assert torch.equal(tensor, new[name]), name

@@ -55,7 +55,8 @@ def sharing_cores(resources: RoleResources, share: int) -> Iterator[None]:
     """Inside an actor whose role uses every core (``threads=0``, not pinned): while the block runs,
     use 1/``share`` of its threads, because ``share`` roles compute at the same time (the log-prob
     stage: old log-probs ∥ reference ∥ values). Splitting the cores beats oversubscribing them."""
-    if resources.threads != 0 or resources.cores or share <= 1 or torch.cuda.is_available():
+    on_gpu = resources.gpus > 0 and torch.cuda.is_available()
+    if resources.threads != 0 or resources.cores or share <= 1 or on_gpu:
         yield
         return
     threads = torch.get_num_threads()

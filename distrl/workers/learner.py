@@ -244,12 +244,16 @@ class Learner(BusyClock):
         """The full weights on rank 0 as one flat buffer in ``dtype`` (a collective: every rank must
         call it). Each sharded tensor is gathered and copied (cast, to CPU) into its slot in turn."""
         state = self.model.state_dict()
-        flat = FlatWeights.allocate({k: v.shape for k, v in state.items()}, getattr(torch, dtype))
+        flat = (
+            FlatWeights.allocate({k: v.shape for k, v in state.items()}, getattr(torch, dtype))
+            if self.rank == 0
+            else None
+        )
         for i, tensor in enumerate(state.values()):
-            full = tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
-            if self.rank == 0:
+            full = tensor.full_tensor() if isinstance(tensor, DTensor) else tensor  # every rank joins the gather
+            if flat is not None:
                 flat.view(i).copy_(full.detach())
-        return flat if self.rank == 0 else None
+        return flat
 
     def save(self, folder: str) -> None:
         """Write a Hugging Face folder (weights, config, tokenizer) plus ``optimizer.pt`` (collective)."""

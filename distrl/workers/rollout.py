@@ -41,6 +41,7 @@ class VllmEngine:
     def __init__(self, model_path: str, cfg: RolloutConfig, *, max_model_len: int, seed: int) -> None:
         from vllm import LLM
 
+        self.cfg = cfg
         on_gpu = torch.cuda.is_available()
         self.llm = LLM(
             model=model_path,
@@ -52,28 +53,19 @@ class VllmEngine:
             enable_prefix_caching=True,
         )
 
-    def generate(
-        self,
-        prompts: Sequence[list[int]],
-        *,
-        n: int,
-        max_new_tokens: int,
-        temperature: float,
-        top_p: float,
-        seed: int,
-        ignore_eos: bool = False,
-    ) -> list[list[Generation]]:
+    def generate(self, prompts: Sequence[list[int]], *, n: int, seed: int) -> list[list[Generation]]:
+        """``n`` samples per prompt with the sampling settings of ``rollout.*``."""
         from vllm import SamplingParams
 
         params = [
             SamplingParams(
                 n=n,
-                max_tokens=max_new_tokens,
-                temperature=temperature,
-                top_p=top_p,
+                max_tokens=self.cfg.max_new_tokens,
+                temperature=self.cfg.temperature,
+                top_p=self.cfg.top_p,
                 logprobs=0,
                 seed=seed + i,
-                ignore_eos=ignore_eos,
+                ignore_eos=self.cfg.ignore_eos,
             )
             for i in range(len(prompts))
         ]
@@ -111,21 +103,13 @@ class HFEngine:
     """Hugging Face ``generate`` with sampling; slow, for fallback and parity tests."""
 
     def __init__(self, model_path: str, cfg: RolloutConfig, *, max_model_len: int, seed: int) -> None:
+        self.cfg = cfg
         self.model = load_policy(model_path).eval()
         self.tokenizer = load_tokenizer(model_path)
 
     @torch.no_grad()
-    def generate(
-        self,
-        prompts: Sequence[list[int]],
-        *,
-        n: int,
-        max_new_tokens: int,
-        temperature: float,
-        top_p: float,
-        seed: int,
-        ignore_eos: bool = False,
-    ) -> list[list[Generation]]:
+    def generate(self, prompts: Sequence[list[int]], *, n: int, seed: int) -> list[list[Generation]]:
+        """``n`` samples per prompt with the sampling settings of ``rollout.*``."""
         torch.manual_seed(seed)
         pad, eos = self.tokenizer.pad_token_id, self.tokenizer.eos_token_id
         rows = [p for p in prompts for _ in range(n)]
@@ -136,18 +120,18 @@ class HFEngine:
             input_ids=ids,
             attention_mask=mask,
             do_sample=True,
-            temperature=temperature,
-            top_p=top_p,
+            temperature=self.cfg.temperature,
+            top_p=self.cfg.top_p,
             top_k=0,
-            max_new_tokens=max_new_tokens,
-            min_new_tokens=max_new_tokens if ignore_eos else None,
+            max_new_tokens=self.cfg.max_new_tokens,
+            min_new_tokens=self.cfg.max_new_tokens if self.cfg.ignore_eos else None,
             pad_token_id=pad,
             eos_token_id=eos,
             return_dict_in_generate=True,
             output_logits=True,
         )
         new = out.sequences[:, width:]
-        logprobs = torch.log_softmax(torch.stack(out.logits, 1).float() / temperature, -1)
+        logprobs = torch.log_softmax(torch.stack(out.logits, 1).float() / self.cfg.temperature, -1)
         token_lp = logprobs.gather(-1, new[..., None]).squeeze(-1)
         results = []
         for row in range(len(rows)):
@@ -210,15 +194,7 @@ class RolloutWorker(BusyClock):
         """``n`` samples for each record; samples of record i share ``group_ids[i]``."""
         texts = [render_prompt(r.prompt, self.tokenizer) for r in records]
         prompt_ids = [self.tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
-        groups = self.engine.generate(
-            prompt_ids,
-            n=n,
-            max_new_tokens=self.cfg.max_new_tokens,
-            temperature=self.cfg.temperature,
-            top_p=self.cfg.top_p,
-            seed=seed,
-            ignore_eos=self.cfg.ignore_eos,
-        )
+        groups = self.engine.generate(prompt_ids, n=n, seed=seed)
         samples = [(i, g) for i, gens in enumerate(groups) for g in gens]
         return TrajectoryBatch.from_lists(
             [prompt_ids[i] for i, _ in samples],

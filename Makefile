@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint
+.PHONY: install run test test-fast lint
 
 install: $(STAMP)
 
@@ -22,6 +22,10 @@ run: install
 test: install
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q
+
+# The tests that start neither Ray nor vLLM nor a subprocess: seconds, for the edit-test loop.
+test-fast: install
+	$(PY) -m pytest -q -m "not ray and not vllm and not subprocess"
 
 lint: install
 	$(VENV)/bin/ruff check .

@@ -44,16 +44,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-import ray
-from hydra import compose, initialize_config_dir
 
-from distrl.config import register_configs, to_config, validate
+from distrl.config import compose_config
 from distrl.models.flat import FlatWeights
 from distrl.models.prepare import prepare_policy
+from distrl.roles.rollout import ENGINES
 from distrl.trainer import Trainer
-from distrl.workers.rollout import ENGINES
 
-ROOT = Path(__file__).resolve().parent.parent
 PHASES = ("generation_wait", "generation", "reward", "logprobs", "advantages", "update", "weight_sync")
 COMPUTE = (
     "generation",
@@ -111,21 +108,15 @@ WORKLOADS = {
 
 
 def make_config(workload: Workload, out: Path, extra: list[str]):
-    register_configs()
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose(
-            config_name="config",
-            overrides=[
-                *workload.overrides(),
-                f"trainer.output_dir={out}",
-                f"model.cache_dir={out / 'models'}",
-                "trainer.loggers=[jsonl]",
-                *extra,
-            ],
-        )
-    config = to_config(cfg)
-    validate(config)
-    return config
+    return compose_config(
+        [
+            *workload.overrides(),
+            f"trainer.output_dir={out}",
+            f"model.cache_dir={out / 'models'}",
+            "trainer.loggers=[jsonl]",
+            *extra,
+        ]
+    )
 
 
 def median(rows: list[dict[str, float]], key: str) -> float:
@@ -174,16 +165,15 @@ def run(workload_name: str, warmup: int, steps: int, extra: list[str], compare_e
     trainer = Trainer(cfg)
     try:
         rows = measure_steps(trainer, warmup, steps)
-        weights = ray.get(trainer.learner.call_all("state_dict", cfg.rollout.sync_dtype)[0])
+        weights = trainer.get(trainer.learner.call_rank(0, "state_dict", cfg.rollout.sync_dtype), "learner")
         params = sum(int(np.prod(shape)) for name, shape in zip(weights.names, weights.shapes, strict=True)
                      if name != "lm_head.weight")  # fmt: skip
         copy_s = memcpy_seconds(weights)
         sync_bytes = weights.nbytes
         del weights
     finally:
-        trainer.shutdown()
         trainer.metrics.close()
-        ray.shutdown()
+        trainer.shutdown()
     step_s = median(rows, "timing/step_s")
     phases = {p: median(rows, f"timing/{p}_s") for p in PHASES}
     compute = {p: median(rows, f"compute/{p}_s") for p in COMPUTE if any(f"compute/{p}_s" in r for r in rows)}

@@ -8,7 +8,9 @@ the fix.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
@@ -16,12 +18,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from distrl.algorithms import (
     ADVANTAGE_ESTIMATORS,
-    GROUP_ESTIMATORS,
     KL_ESTIMATORS,
     LOSS_AGGREGATIONS,
     POLICY_LOSSES,
     ROLLOUT_CORRECTIONS,
-    VALUE_ESTIMATORS,
     Registry,
 )
 
@@ -64,6 +64,11 @@ class OverlongConfig:
     """Penalty at and beyond ``max_len``."""
     max_len: int | None = None
     """L_max; ``None`` = ``rollout.max_new_tokens``."""
+
+    def lengths(self, max_new_tokens: int) -> tuple[int, int]:
+        """(L_max, L_cache) in force, with the defaults above resolved."""
+        max_len = self.max_len or max_new_tokens
+        return max_len, self.buffer_len or max(1, max_len // 5)
 
 
 @dataclass
@@ -128,11 +133,18 @@ class AlgorithmConfig:
 
     @property
     def needs_values(self) -> bool:
-        return self.advantage in VALUE_ESTIMATORS
+        """The advantage estimator needs a critic's values."""
+        return "values" in ADVANTAGE_ESTIMATORS.needs(self.advantage)
+
+    @property
+    def needs_prompt_values(self) -> bool:
+        """The advantage estimator needs each prompt's value under the reference policy (PVPO)."""
+        return "prompt_values" in ADVANTAGE_ESTIMATORS.needs(self.advantage)
 
     @property
     def needs_reference(self) -> bool:
-        return self.kl.coef > 0 or self.advantage == "pvpo"
+        """The reference role runs: for the KL term, or to estimate prompt values."""
+        return self.kl.coef > 0 or self.needs_prompt_values
 
 
 @dataclass
@@ -142,9 +154,13 @@ class ModelConfig:
     path: str | None = None
     """A Hugging Face model folder (or hub name, where the cluster can reach the hub)."""
     hidden_size: int = 256
+    """Tiny model: hidden size (with the three sizes below, ~4 M parameters)."""
     num_layers: int = 4
+    """Tiny model: decoder layers."""
     num_heads: int = 4
+    """Tiny model: attention heads."""
     intermediate_size: int = 1024
+    """Tiny model: MLP width."""
     dtype: str = "float32"
     """Learner parameter dtype: float32 | bfloat16."""
     warm_start_steps: int = 200
@@ -159,7 +175,6 @@ class DataConfig:
 
     train_files: list[str] = field(default_factory=list)
     """JSONL or Parquet files in verl's layout (prompt, data_source, reward_model.ground_truth)."""
-    val_files: list[str] = field(default_factory=list)
     train_batch_size: int = 16
     """Prompts per step."""
     max_prompt_len: int = 256
@@ -208,7 +223,9 @@ class RewardConfig:
 class LearnerConfig:
     """The policy update."""
 
-    lr: float = 1e-6
+    lr: float | None = None
+    """Policy learning rate. ``None``: :data:`TINY_MODEL_LR` for the built-in tiny model (``model.path``
+    unset; a model this small needs a far larger rate), :data:`REAL_MODEL_LR` for a real model."""
     weight_decay: float = 0.0
     warmup_steps: int = 0
     """Optimizer steps of linear warmup."""
@@ -259,9 +276,6 @@ class TrainerConfig:
     mode: str = "sync"
     """sync | async: generate step k+1's batch while step k trains (one step off-policy, corrected
     by truncated importance sampling with the rollout log-probs)."""
-    max_staleness: int = 1
-    """Async: how many policy versions a rollout may lag the learner. The pipeline is one step
-    deep, so 1 is what async mode needs and never exceeds."""
 
 
 @dataclass
@@ -300,10 +314,18 @@ class ClusterConfig:
     reward: RoleResources = field(default_factory=lambda: RoleResources(cpus=0.25))
     num_cpus: int | None = None
     """Logical CPUs of a local Ray instance (None: enough for every role). Ignored on a cluster."""
+    backend: str = "ray"
+    """ray: each role a group of Ray actors, batches and weights through the object store |
+    inline: every role an object in this process, called in order (one learner rank, one engine,
+    synchronous mode; ``breakpoint()`` works in any role). See docs/architecture.md."""
 
 
 #: The truncated-IS cap asynchronous mode uses when ``algorithm.tis_cap`` is unset (TIS-2).
 ASYNC_TIS_CAP = 2.0
+#: ``learner.lr`` for the built-in tiny model when unset.
+TINY_MODEL_LR = 3e-4
+#: ``learner.lr`` for a real model (``model.path`` set) when unset.
+REAL_MODEL_LR = 1e-6
 
 
 @dataclass
@@ -334,6 +356,25 @@ class Config:
         if self.algorithm.tis_cap is None and self.trainer.mode == "async":
             return ASYNC_TIS_CAP
         return self.algorithm.tis_cap
+
+    @property
+    def rollout_correction(self) -> str | None:
+        """The rollout correction in force: ``tis`` needs a cap (:attr:`tis_cap`), ``icepop`` none."""
+        name = self.algorithm.rollout_correction
+        return None if name == "tis" and self.tis_cap is None else name
+
+    @property
+    def learner_lr(self) -> float:
+        """The policy learning rate in force (see :attr:`LearnerConfig.lr`)."""
+        if self.learner.lr is not None:
+            return self.learner.lr
+        return TINY_MODEL_LR if self.model.path is None else REAL_MODEL_LR
+
+    def algorithm_params(self, registry: Registry, name: str) -> dict[str, Any]:
+        """The ``algorithm.*`` fields the registry entry ``name`` reads, as keyword arguments (with
+        the values in force: :attr:`tis_cap`)."""
+        resolved = {"tis_cap": self.tis_cap}
+        return {f: resolved[f] if f in resolved else getattr(self.algorithm, f) for f in registry.entry(name).reads}
 
 
 def register_configs() -> None:
@@ -377,7 +418,7 @@ def validate(cfg: Config) -> None:
         "set critic.enable=true (or leave it unset), or pick an estimator without values such as grpo",
     )
     _check(
-        cfg.rollout.n >= 2 or alg.advantage not in GROUP_ESTIMATORS,
+        cfg.rollout.n >= 2 or "group_ids" not in ADVANTAGE_ESTIMATORS.needs(alg.advantage),
         f"algorithm.advantage={alg.advantage!r} compares the samples of one prompt, but rollout.n={cfg.rollout.n}; "
         "set rollout.n to 2 or more",
     )
@@ -413,7 +454,7 @@ def validate(cfg: Config) -> None:
         f"algorithm.kl.target={alg.kl.target} must be > 0 (e.g. 0.1) or null for a fixed coefficient",
     )
     if alg.overlong is not None:
-        max_len = alg.overlong.max_len or cfg.rollout.max_new_tokens
+        max_len = alg.overlong.lengths(cfg.rollout.max_new_tokens)[0]
         buffer = alg.overlong.buffer_len
         _check(
             buffer is None or 0 < buffer <= max_len,
@@ -448,11 +489,48 @@ def validate(cfg: Config) -> None:
     )
     _check_nonnegative(cfg.learner, "learner", "lr", "weight_decay")
     _check(cfg.trainer.mode in ("sync", "async"), f"trainer.mode={cfg.trainer.mode!r} is not sync or async")
+    _validate_backend(cfg)
+
+
+def _validate_backend(cfg: Config) -> None:
+    c = cfg.cluster
+    _check(c.backend in ("ray", "inline"), f"cluster.backend={c.backend!r} is not ray or inline")
+    if c.backend != "inline":
+        return
     _check(
-        cfg.trainer.mode == "sync" or cfg.trainer.max_staleness >= 1,
-        f"trainer.mode=async trains on rollouts one policy version old, but trainer.max_staleness="
-        f"{cfg.trainer.max_staleness}; set it to 1, or use trainer.mode=sync",
+        cfg.trainer.mode == "sync",
+        "trainer.mode=async overlaps generation with training, but cluster.backend=inline runs every role in "
+        "one process, one call after another; use trainer.mode=sync, or cluster.backend=ray",
     )
+    _check(
+        c.learners == 1 and c.rollout_engines == 1,
+        f"cluster.backend=inline runs one learner rank and one rollout engine (got cluster.learners={c.learners}, "
+        f"cluster.rollout_engines={c.rollout_engines}); set both to 1, or use cluster.backend=ray",
+    )
+    for role in ("rollout", "learner", "reference", "critic", "reward"):
+        cores = getattr(c, role).cores
+        _check(
+            cores is None,
+            f"cluster.{role}.cores={cores} pins a Ray actor to cores, but cluster.backend=inline runs every role in "
+            f"this process; set cluster.{role}.cores=null, or use cluster.backend=ray",
+        )
+
+
+#: The config folder: ``conf/`` beside the package.
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+
+
+def compose_config(overrides: Sequence[str] = (), *, check: bool = True) -> Config:
+    """The :class:`Config` that ``python -m distrl.train <overrides>`` would run (validated unless
+    ``check`` is false), composed in-process: for tests, benchmarks and notebooks."""
+    from hydra import compose, initialize_config_dir
+
+    register_configs()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        config = to_config(compose(config_name="config", overrides=list(overrides)))
+    if check:
+        validate(config)
+    return config
 
 
 def to_config(cfg: DictConfig) -> Config:

@@ -60,7 +60,8 @@ METRIC_GLOSSARY: dict[str, str] = {
     "rollout/policy_version": "Policy version (weight-sync count) the rollout engines held for this step's batch.",
     "batch/filtered_groups": "Prompt groups dynamic sampling dropped (all G rewards equal).",
     "batch/sampling_rounds": "Generation rounds it took to fill the batch (1 without dynamic sampling).",
-    "train/nonfinite_skipped": "Optimizer steps skipped because the loss or gradient was NaN or infinite.",
+    "train/nonfinite_skipped": "Policy optimizer steps skipped because the loss or gradient was NaN or infinite.",
+    "critic/nonfinite_skipped": "Critic optimizer steps skipped because the loss or gradient was NaN or infinite.",
     "timing/<phase>_s": "Wall-clock seconds the step spent in the named phase; one metric per phase the trainer times.",
     "timing/step_s": "Wall-clock seconds of the whole step.",
     "timing/overhead_s": (
@@ -338,13 +339,7 @@ class MetricsLogger:
         """
         if self._summary is not None:
             return self._summary
-        summary: dict[str, float] = {"steps": float(self._steps), "wall_time_s": time.monotonic() - self._started}
-        for name in ("reward/mean", "reward/accuracy"):
-            if self._history.get(name):
-                summary[f"{name}/first"] = _window_mean(self._history[name][:SUMMARY_WINDOW])
-                summary[f"{name}/last"] = _window_mean(self._history[name][-SUMMARY_WINDOW:])
-        if self._history.get("throughput/tokens_per_s"):
-            summary["throughput/tokens_per_s/mean"] = _window_mean(self._history["throughput/tokens_per_s"])
+        summary = self._summarize()
         if self._progress is not None:
             self._progress.stop()
         if self._jsonl is not None:
@@ -359,6 +354,17 @@ class MetricsLogger:
         self._summary = summary
         for line in self._summary_lines(summary):
             self.print(line)
+        return summary
+
+    def _summarize(self) -> dict[str, float]:
+        """The run summary (see :meth:`close`)."""
+        summary: dict[str, float] = {"steps": float(self._steps), "wall_time_s": time.monotonic() - self._started}
+        for name in ("reward/mean", "reward/accuracy"):
+            if self._history.get(name):
+                summary[f"{name}/first"] = _window_mean(self._history[name][:SUMMARY_WINDOW])
+                summary[f"{name}/last"] = _window_mean(self._history[name][-SUMMARY_WINDOW:])
+        if self._history.get("throughput/tokens_per_s"):
+            summary["throughput/tokens_per_s/mean"] = _window_mean(self._history["throughput/tokens_per_s"])
         return summary
 
     @staticmethod

@@ -2,25 +2,23 @@
 
 ``--cfg job`` prints the composed config. Otherwise the config is validated before anything
 starts (a bad value exits with status 2 and a message naming the field and the fix), then the
-job trains: locally on a fresh Ray instance, or on the cluster when run by ``ray job submit``.
+job trains: locally on a fresh Ray instance, on the cluster when run by ``ray job submit``, or in this
+process with ``cluster.backend=inline``.
 """
 
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
 
-from distrl.config import ConfigError, register_configs, to_config, validate
-
-CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+from distrl.config import CONF_DIR, ConfigError, register_configs, to_config, validate
 
 register_configs()
 
 
-@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def run(cfg: DictConfig) -> None:
     """Validate the composed config, then train."""
     try:

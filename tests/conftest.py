@@ -33,22 +33,12 @@ def model_cache(tmp_path_factory) -> Path:
 @pytest.fixture
 def tiny_config(tmp_path, model_cache):
     """``tiny_config(*overrides)`` → a validated Config writing into tmp_path."""
-    from hydra import compose, initialize_config_dir
-
-    from distrl.config import register_configs, to_config, validate
-
-    register_configs()
+    from distrl.config import compose_config
 
     def make(*overrides: str):
-        with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-            cfg = compose(
-                config_name="config",
-                overrides=[*TINY, f"model.cache_dir={model_cache}", f"trainer.output_dir={tmp_path / 'run'}",
-                           *overrides],
-            )  # fmt: skip
-        config = to_config(cfg)
-        validate(config)
-        return config
+        return compose_config(
+            [*TINY, f"model.cache_dir={model_cache}", f"trainer.output_dir={tmp_path / 'run'}", *overrides]
+        )
 
     return make
 

@@ -1,4 +1,4 @@
-"""Advantage estimators against the worked numbers of algorithms.md (§1, §2, §4, §8)."""
+"""Advantage estimators against the worked numbers of docs/algorithms.md (§1, §2, §4, §8)."""
 
 import pytest
 import torch
@@ -26,7 +26,7 @@ def test_grpo_uses_unbiased_std_and_broadcasts():
 
 
 def test_grpo_trl_epsilon_and_no_std():
-    a, _ = adv("grpo", group_ids=GROUP, eps=1e-4)
+    a, _ = adv("grpo", group_ids=GROUP, std_eps=1e-4)
     assert a[0, 0].item() == pytest.approx(0.8659, abs=1e-4)
     a, _ = adv("grpo", group_ids=GROUP, norm_by_std=False)
     assert first_tokens(a) == pytest.approx([0.5, -0.5, -0.5, 0.5])

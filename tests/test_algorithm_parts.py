@@ -1,4 +1,4 @@
-"""KL estimators, aggregation, value loss, DAPO shaping, entropy helpers (algorithms.md §2–§7)."""
+"""KL estimators, aggregation, value loss, DAPO shaping, entropy helpers (docs/algorithms.md §2–§7)."""
 
 import subprocess
 import sys

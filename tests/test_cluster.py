@@ -16,6 +16,8 @@ def two_nodes():
     cluster.shutdown()
 
 
+@pytest.mark.ray
+@pytest.mark.vllm
 def test_roles_use_both_nodes_and_train(two_nodes, tiny_config):
     # rollout 1 + learners 2 × 1 + reward 1 = 4 CPUs: more than either node has.
     cfg = tiny_config(

@@ -5,19 +5,17 @@ import sys
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
 
-from distrl.config import ConfigError, register_configs, to_config, validate
+from distrl.config import ConfigError, compose_config, validate
+from distrl.roles.batches import AdvantageSpec
+from distrl.roles.learner import PolicyObjective
 
 ROOT = Path(__file__).resolve().parent.parent
 PRESETS = sorted(p.stem for p in (ROOT / "conf" / "algorithm").glob("*.yaml"))
 
-register_configs()
-
 
 def composed(*overrides: str):
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        return to_config(compose(config_name="config", overrides=list(overrides)))
+    return compose_config(overrides, check=False)
 
 
 def test_all_issue_presets_exist():
@@ -96,7 +94,7 @@ def test_overrides_compose_on_a_preset():
         ),
         (["data.train_batch_size=0"], r"data.train_batch_size=0 must be >= 1"),
         (["trainer.mode=asynch"], r"trainer.mode='asynch' is not sync or async"),
-        (["trainer.mode=async", "trainer.max_staleness=0"], r"max_staleness=0; set it to 1"),
+        (["cluster.backend=dask"], r"cluster.backend='dask' is not ray or inline"),
         (["learner.old_logprob_pass=false", "learner.epochs=2"], r"old_logprob_pass=false.*leave .* unset"),
         (
             ["learner.old_logprob_pass=false", "algorithm.kl.coef=0.1", "algorithm.kl.in_reward=true"],
@@ -112,8 +110,79 @@ def test_validation_errors_name_field_and_fix(overrides, message):
 
 
 def test_kl_in_both_places_allowed_when_explicit():
-    validate(composed("algorithm.kl.coef=0.1", "algorithm.kl.in_reward=true", "algorithm.kl.in_loss=true",
-                      "algorithm.kl.allow_both=true"))  # fmt: skip
+    cfg = composed("algorithm.kl.coef=0.1", "algorithm.kl.in_reward=true", "algorithm.kl.in_loss=true",
+                   "algorithm.kl.allow_both=true")  # fmt: skip
+    validate(cfg)
+    assert AdvantageSpec.from_config(cfg).kl_in_reward and PolicyObjective.from_config(cfg).kl_in_loss
+
+
+#: The README's preset table, as what each preset resolves to: advantage (its params), policy loss
+#: (its params), loss aggregation, KL (coef, estimator, in reward), critic, reference, old-log-prob pass.
+PRESET_WIRING = {
+    "reinforce": ("reinforce", {"gamma": 1.0}, "ppo", {"clip_low": 0.2, "clip_high": 0.2, "clip_c": None},
+                  "seq-mean-token-sum", (0.0, "k3", False), False, False, False),
+    "reinforce_pp": ("reinforce_pp", {"gamma": 1.0}, "ppo", {"clip_low": 0.2, "clip_high": 0.2, "clip_c": None},
+                     "token-mean", (0.01, "k1", True), False, True, True),
+    "ppo": ("gae", {"gamma": 1.0, "lam": 0.95, "whiten": True}, "ppo",
+            {"clip_low": 0.2, "clip_high": 0.2, "clip_c": 3.0}, "token-mean", (0.01, "k1", True), True, True, True),
+    "grpo": ("grpo", {"norm_by_std": True, "std_eps": 1e-6}, "ppo",
+             {"clip_low": 0.2, "clip_high": 0.2, "clip_c": None}, "seq-mean-token-mean", (0.04, "k3", False),
+             False, True, False),
+    "dr_grpo": ("dr_grpo", {}, "ppo", {"clip_low": 0.2, "clip_high": 0.2, "clip_c": None},
+                "seq-mean-token-sum-norm", (0.0, "k3", False), False, False, False),
+    "rloo": ("rloo", {}, "ppo", {"clip_low": 0.2, "clip_high": 0.2, "clip_c": None}, "seq-mean-token-mean",
+             (0.05, "k1", True), False, True, True),
+    "dapo": ("grpo", {"norm_by_std": True, "std_eps": 1e-6}, "ppo",
+             {"clip_low": 0.2, "clip_high": 0.28, "clip_c": None}, "token-mean", (0.0, "k3", False),
+             False, False, False),
+    "gspo": ("grpo", {"norm_by_std": True, "std_eps": 1e-6}, "gspo", {"clip_low": 3e-4, "clip_high": 4e-4},
+             "seq-mean-token-mean", (0.0, "k3", False), False, False, False),
+    "gspo_token": ("grpo", {"norm_by_std": True, "std_eps": 1e-6}, "gspo_token",
+                   {"clip_low": 3e-4, "clip_high": 4e-4}, "seq-mean-token-mean", (0.0, "k3", False),
+                   False, False, False),
+    "clip_cov": ("grpo", {"norm_by_std": True, "std_eps": 1e-6}, "clip_cov",
+                 {"clip_low": 0.2, "clip_high": 0.28, "clip_c": None, "clip_cov_ratio": 2e-4, "clip_cov_lb": 1.0,
+                  "clip_cov_ub": 5.0}, "token-mean", (0.0, "k3", False), False, False, False),
+    "kl_cov": ("grpo", {"norm_by_std": True, "std_eps": 1e-6}, "kl_cov", {"kl_cov_ratio": 2e-3, "kl_cov_coef": 1.0},
+               "token-mean", (0.0, "k3", False), False, False, False),
+    "pvpo": ("pvpo", {}, "ppo", {"clip_low": 0.2, "clip_high": 0.2, "clip_c": None}, "seq-mean-token-mean",
+             (0.04, "k3", False), False, True, False),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_each_preset_resolves_to_the_advantage_and_loss_of_its_paper(preset):
+    advantage, adv_params, loss, loss_params, agg, kl, critic, reference, old_pass = PRESET_WIRING[preset]
+    cfg = composed(f"algorithm={preset}")
+    validate(cfg)
+    spec, objective = AdvantageSpec.from_config(cfg), PolicyObjective.from_config(cfg)
+    assert (spec.estimator, spec.params) == (advantage, adv_params)
+    assert objective.loss.args == (loss,)
+    assert {k: v for k, v in objective.loss.keywords.items() if k in loss_params} == loss_params
+    assert objective.loss.keywords["agg"] == objective.loss_agg == agg
+    alg = cfg.algorithm
+    assert (alg.kl.coef, alg.kl.estimator, spec.kl_in_reward) == kl
+    assert objective.kl_in_loss == (kl[0] > 0 and not kl[2])
+    assert (alg.needs_values, alg.needs_reference, cfg.old_logprob_pass) == (critic, reference, old_pass)
+    assert "rollout_logprobs" not in objective.needs  # no rollout correction in sync mode by default
+
+
+@pytest.mark.parametrize(
+    ("overrides", "correction"),
+    [([], None), (["algorithm.tis_cap=2"], "tis"), (["algorithm.rollout_correction=icepop"], "icepop"),
+     (["trainer.mode=async"], "tis")],
+)  # fmt: skip
+def test_the_rollout_correction_in_force_gets_the_rollout_logprobs(overrides, correction):
+    cfg = composed(*overrides)
+    objective = PolicyObjective.from_config(cfg)
+    assert cfg.rollout_correction == correction
+    assert ("rollout_logprobs" in objective.needs) == (correction is not None)
+
+
+def test_learning_rate_defaults_to_the_models_scale():
+    assert composed().learner_lr == 3e-4
+    assert composed("model=hf", "model.path=/models/qwen").learner_lr == 1e-6
+    assert composed("learner.lr=1e-5").learner_lr == 1e-5
 
 
 @pytest.mark.parametrize(

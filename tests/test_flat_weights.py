@@ -8,7 +8,7 @@ import torch
 
 from distrl.config import RoleResources
 from distrl.models.flat import ALIGN, FlatWeights
-from distrl.workers.group import sharing_cores, use_cores
+from distrl.roles.resources import sharing_cores, use_cores
 
 
 def state() -> dict[str, torch.Tensor]:
@@ -92,7 +92,7 @@ def test_roles_running_at_once_split_the_cores_only_when_they_use_all_of_them():
 def test_hf_engine_loads_flat_weights_into_its_parameters(tmp_path):
     from distrl.config import RolloutConfig
     from distrl.models.tiny import build_tiny_model
-    from distrl.workers.rollout import HFEngine
+    from distrl.roles.rollout import HFEngine
 
     path = build_tiny_model(tmp_path / "m", hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64, seed=0)
     engine = HFEngine(str(path), RolloutConfig(engine="hf"), max_model_len=64, seed=0)

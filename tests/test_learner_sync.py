@@ -1,24 +1,29 @@
-"""Weight sync into a live vLLM engine, and FSDP2 over gloo with 2 ranks equal to 1 rank."""
+"""The learner and rollout roles as plain objects (no Ray): weight sync into a live vLLM engine,
+updates, micro-batching; and FSDP2 over gloo with 2 ranks (Ray actors) equal to 1 rank."""
 
 import pytest
-import ray
 import torch
 from transformers import AutoModelForCausalLM
 
+from distrl.backends.inline import InlineBackend
 from distrl.data.batch import TrajectoryBatch
 from distrl.models.prepare import prepare_policy
 from distrl.models.tiny import build_tokenizer
-from distrl.workers.group import ActorGroup
-from distrl.workers.learner import Learner
-from distrl.workers.rollout import RolloutWorker
+from distrl.roles.learner import Learner
+from distrl.roles.rollout import Rollout
 
-pytestmark = pytest.mark.usefixtures("ray_local")
+pytestmark = pytest.mark.vllm
 
 
-def learner_group(path, cfg, count):
-    group = ActorGroup("learner", Learner, count, cfg.cluster.learner, args=(path, cfg))
-    address, port = group.get(group.actors[0].rendezvous.remote())
-    group.get(group.call_all("setup", address, port))
+def learner_group(path, cfg, count, backend=None):
+    """A learner group set up for training: ``count`` Ray actors, or one plain object inline."""
+    backend = backend or InlineBackend()
+    group = backend.group("learner", Learner, count, cfg.cluster.learner, args=(path, cfg))
+    address = port = None
+    if count > 1:
+        address, port = group.node_address(0), backend.get(group.call_rank(0, "free_port"), "learner")
+    backend.get(group.call("setup", address, port), "learner")
+    group.get = lambda handles: backend.get(handles, "learner")
     return group
 
 
@@ -37,45 +42,48 @@ def update_batch(seed: int = 0) -> TrajectoryBatch:
 
 
 def with_old_logprobs(group, batch):
-    batch.token["old_logprobs"] = torch.cat(group.get(group.call_all("logprobs", batch)))
+    batch.token["old_logprobs"] = torch.cat(group.get(group.call("logprobs", batch)))
     return batch
 
 
 def test_engine_logprobs_follow_the_learner_after_a_weight_sync(tiny_config):
     cfg = tiny_config("learner.lr=0.05", "algorithm.kl.coef=0")
     path = prepare_policy(cfg)
-    learner = learner_group(path, cfg, 1)
-    engine = RolloutWorker.remote(path, cfg.rollout, max_model_len=64, seed=0)
+    learner = Learner(path, cfg)
+    learner.setup()
+    engine = Rollout(path, cfg.rollout, max_model_len=64, seed=0)
     try:
-        batch = with_old_logprobs(learner, update_batch())
+        batch = update_batch()
+        batch.token["old_logprobs"] = learner.logprobs(batch)
         prompt = batch.prompt_ids[1][batch.prompt_mask[1].bool()].tolist()
         response = batch.response_ids[1][batch.response_mask[1].bool()].tolist()
-        before = torch.tensor(ray.get(engine.sequence_logprobs.remote(prompt, response)))
+        before = torch.tensor(engine.sequence_logprobs(prompt, response))
         assert torch.allclose(before, batch.token["old_logprobs"][1, : len(response)], atol=1e-4)
 
-        learner.get(learner.call_all("update", batch, 0))
-        weights = learner.call_all("state_dict", "bfloat16")[0]
-        assert ray.get(engine.load_weights.remote(weights, 1)) == 1
-        after = torch.tensor(ray.get(engine.sequence_logprobs.remote(prompt, response)))
-        trained = torch.cat(learner.get(learner.call_all("logprobs", batch)))[1, : len(response)]
+        learner.update(batch, 0)
+        assert engine.load_weights(learner.state_dict("bfloat16"), 1) == 1
+        after = torch.tensor(engine.sequence_logprobs(prompt, response))
+        trained = learner.logprobs(batch)[1, : len(response)]
 
         assert (after - before).abs().max() > 0.05  # the engine really has new weights
         assert torch.allclose(after, trained, atol=0.03)  # the learner's, up to bf16 rounding
     finally:
-        learner.shutdown()
-        ray.kill(engine)
+        engine.close()
 
 
-def test_two_fsdp_learners_give_the_same_update_as_one(tiny_config):
+@pytest.mark.ray
+def test_two_fsdp_learners_give_the_same_update_as_one(tiny_config, ray_local):
+    from distrl.backends.ray_backend import RayBackend
+
     cfg = tiny_config("learner.lr=0.01", "learner.micro_batch_tokens=16", "algorithm.kl.coef=0")
     path = prepare_policy(cfg)
     results = {}
     for count in (1, 2):
-        group = learner_group(path, cfg, count)
+        group = learner_group(path, cfg, count, RayBackend(num_cpus=8))
         try:
             batch = with_old_logprobs(group, update_batch())
-            metrics = group.get(group.call_all("update", batch, 0))
-            weights = group.get(group.call_all("state_dict", "float32"))[0].as_dict()
+            metrics = group.get(group.call("update", batch, 0))
+            weights = group.get(group.call("state_dict", "float32"))[0].as_dict()
             results[count] = (metrics, weights)
         finally:
             group.shutdown()
@@ -97,8 +105,8 @@ def test_update_without_the_old_logprob_pass_equals_the_update_with_it(tiny_conf
         group = learner_group(path, cfg, 1)
         try:
             batch = with_old_logprobs(group, update_batch()) if with_pass else update_batch()
-            metrics = group.get(group.call_all("update", batch, 0))[0]
-            results[with_pass] = (batch, metrics, group.get(group.call_all("state_dict", "float32"))[0].as_dict())
+            metrics = group.get(group.call("update", batch, 0))[0]
+            results[with_pass] = (batch, metrics, group.get(group.call("state_dict", "float32"))[0].as_dict())
         finally:
             group.shutdown()
     (batch, m_pass, w_pass), (_, m_own, w_own) = results[True], results[False]
@@ -119,10 +127,10 @@ def test_a_nonfinite_update_is_skipped_and_leaves_the_weights(tiny_config):
     group = learner_group(path, cfg, 1)
     try:
         batch = with_old_logprobs(group, update_batch())
-        before = group.get(group.call_all("state_dict", "float32"))[0].as_dict()
+        before = group.get(group.call("state_dict", "float32"))[0].as_dict()
         batch.token["advantages"][0, 0] = float("nan")
-        metrics = group.get(group.call_all("update", batch, 0))[0]
-        after = group.get(group.call_all("state_dict", "float32"))[0].as_dict()
+        metrics = group.get(group.call("update", batch, 0))[0]
+        after = group.get(group.call("state_dict", "float32"))[0].as_dict()
     finally:
         group.shutdown()
     assert metrics["train/nonfinite_skipped"] == 1.0
@@ -146,12 +154,11 @@ def test_ignore_eos_generates_exactly_max_new_tokens(tiny_config):
     for ignore in (False, True):
         cfg = tiny_config(f"rollout.ignore_eos={str(ignore).lower()}", "rollout.max_new_tokens=12")
         path = prepare_policy(cfg)  # warm-started: it has learned to end its answers with EOS
-        engine = RolloutWorker.remote(path, cfg.rollout, max_model_len=64, seed=0)
+        engine = Rollout(path, cfg.rollout, max_model_len=64, seed=0)
         try:
-            records = make_problems(3, digits=2, seed=0)
-            batch = ray.get(engine.generate.remote(records, ["a", "b", "c"], n=2, seed=0))
+            batch = engine.generate(make_problems(3, digits=2, seed=0), ["a", "b", "c"], n=2, seed=0)
         finally:
-            ray.kill(engine)
+            engine.close()
         lengths[ignore] = batch.response_lengths.tolist()
     assert min(lengths[False]) < 12  # without the flag some answers end early
     assert lengths[True] == [12.0] * 6
@@ -167,7 +174,7 @@ def test_length_sorted_micro_batches_return_log_probs_in_batch_order(tiny_config
     for cfg in (cfg_one, cfg_many):
         group = learner_group(path, cfg, 1)
         try:
-            results.append(torch.cat(group.get(group.call_all("logprobs", batch))))
+            results.append(torch.cat(group.get(group.call("logprobs", batch))))
         finally:
             group.shutdown()
     assert torch.allclose(results[0], results[1], atol=1e-5)

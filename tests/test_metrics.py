@@ -246,3 +246,5 @@ def test_glossary_covers_the_design_names_and_maps_only_known_ones() -> None:
     assert table.count("\n") == len(METRIC_GLOSSARY) + 2
     assert "| `reward/mean` |" in table
     assert all(line.count(" | ") == 2 for line in table.splitlines()[2:])
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    assert table.strip() in readme  # the README's metric table is this glossary, row for row

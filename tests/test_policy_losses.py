@@ -1,4 +1,4 @@
-"""Policy losses against the worked numbers of algorithms.md (§2, §4–§7, §9) and their gradients."""
+"""Policy losses against the worked numbers of docs/algorithms.md (§2, §4–§7, §9) and their gradients."""
 
 import pytest
 import torch
@@ -179,7 +179,7 @@ def test_clip_cov_with_paper_bounds_picks_nothing_here():
 
 def test_kl_cov_penalizes_top_covariance_tokens():
     x = inputs()
-    loss, metrics = policy_loss("kl_cov", **x, kl_cov_ratio=0.2, kl_coef=1.0, agg="token-mean")
+    loss, metrics = policy_loss("kl_cov", **x, kl_cov_ratio=0.2, kl_cov_coef=1.0, agg="token-mean")
     assert loss.item() == pytest.approx(0.19039, abs=1e-5)
     assert metrics["policy/kl_cov_frac"].item() == pytest.approx(0.2)
     g = grads(loss, x["logprobs"])

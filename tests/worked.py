@@ -1,4 +1,4 @@
-"""The worked example of ../shared/docs/algorithms.md §0 as padded ``[4, 4]`` float64 tensors."""
+"""The worked example of docs/algorithms.md §0 as padded ``[4, 4]`` float64 tensors."""
 
 from __future__ import annotations
 

@@ -14,29 +14,23 @@ Where each formula lives:
     entropy.py         token covariance, entropy and log-probs from logits
 """
 
-from distrl.algorithms.advantages import (
-    ADVANTAGE_ESTIMATORS,
-    GROUP_ESTIMATORS,
-    VALUE_ESTIMATORS,
-    compute_advantages,
-)
+from distrl.algorithms.advantages import ADVANTAGE_ESTIMATORS, compute_advantages
 from distrl.algorithms.aggregation import LOSS_AGGREGATIONS, aggregate_loss
 from distrl.algorithms.entropy import entropy_from_logits, logprobs_from_logits, token_covariance
 from distrl.algorithms.kl import KL_ESTIMATORS, adaptive_kl_coef, kl_penalty
 from distrl.algorithms.masked import masked_mean, masked_whiten
 from distrl.algorithms.policy_losses import POLICY_LOSSES, ROLLOUT_CORRECTIONS, policy_loss
-from distrl.algorithms.registry import Registry, UnknownNameError
+from distrl.algorithms.registry import INPUTS, Registry, UnknownNameError
 from distrl.algorithms.shaping import group_filter, overlong_penalty
 from distrl.algorithms.value import value_loss
 
 __all__ = [
     "ADVANTAGE_ESTIMATORS",
-    "GROUP_ESTIMATORS",
+    "INPUTS",
     "KL_ESTIMATORS",
     "LOSS_AGGREGATIONS",
     "POLICY_LOSSES",
     "ROLLOUT_CORRECTIONS",
-    "VALUE_ESTIMATORS",
     "Registry",
     "UnknownNameError",
     "adaptive_kl_coef",

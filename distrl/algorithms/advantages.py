@@ -17,11 +17,6 @@ from distrl.algorithms.registry import Registry
 
 ADVANTAGE_ESTIMATORS: Registry = Registry("advantage estimator")
 
-#: Estimators whose baseline is computed from the other samples of the same prompt.
-GROUP_ESTIMATORS = frozenset({"grpo", "dr_grpo", "rloo", "reinforce_pp_baseline"})
-#: Estimators that need a value model (critic).
-VALUE_ESTIMATORS = frozenset({"gae"})
-
 
 def _group_index(group_ids: Sequence[Hashable] | None, batch: int, device: torch.device) -> torch.Tensor:
     if group_ids is None:
@@ -47,9 +42,9 @@ def _broadcast(per_sample: torch.Tensor, response_mask: torch.Tensor) -> tuple[t
     return adv, adv
 
 
-@ADVANTAGE_ESTIMATORS.register("grpo")
+@ADVANTAGE_ESTIMATORS.register("grpo", needs=("group_ids",), reads=("norm_by_std", "std_eps"))
 def grpo(
-    *, token_rewards, response_mask, group_ids, norm_by_std: bool = True, eps: float = 1e-6, **_
+    *, token_rewards, response_mask, group_ids, norm_by_std: bool = True, std_eps: float = 1e-6, **_
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """GRPO outcome advantage (arXiv 2402.03300 §4.1.2): Â_i = (r_i − mean(r)) / (std(r) + ε).
 
@@ -63,17 +58,17 @@ def grpo(
     adv = centered
     if norm_by_std:
         var = _group_sum(centered.square(), index) / (count - 1).clamp(min=1.0)
-        adv = centered / (var.sqrt() + eps)
+        adv = centered / (var.sqrt() + std_eps)
     return _broadcast(torch.where(count > 1, adv, torch.zeros_like(adv)), response_mask)
 
 
-@ADVANTAGE_ESTIMATORS.register("dr_grpo")
+@ADVANTAGE_ESTIMATORS.register("dr_grpo", needs=("group_ids",))
 def dr_grpo(*, token_rewards, response_mask, group_ids, **_) -> tuple[torch.Tensor, torch.Tensor]:
     """Dr. GRPO (arXiv 2503.20783): Â_i = r_i − mean(r), no division by the group std."""
     return grpo(token_rewards=token_rewards, response_mask=response_mask, group_ids=group_ids, norm_by_std=False)
 
 
-@ADVANTAGE_ESTIMATORS.register("rloo")
+@ADVANTAGE_ESTIMATORS.register("rloo", needs=("group_ids",))
 def rloo(*, token_rewards, response_mask, group_ids, **_) -> tuple[torch.Tensor, torch.Tensor]:
     """RLOO (arXiv 2402.14740): Â_i = r_i − (1/(G−1)) Σ_{j≠i} r_j = G/(G−1)·(r_i − r̄); 0 if G = 1."""
     scores = _scores(token_rewards, response_mask)
@@ -84,7 +79,7 @@ def rloo(*, token_rewards, response_mask, group_ids, **_) -> tuple[torch.Tensor,
     return _broadcast(adv, response_mask)
 
 
-@ADVANTAGE_ESTIMATORS.register("pvpo")
+@ADVANTAGE_ESTIMATORS.register("pvpo", needs=("prompt_values",))
 def pvpo(*, token_rewards, response_mask, baseline, **_) -> tuple[torch.Tensor, torch.Tensor]:
     """PVPO (arXiv 2508.21104 §4): Â_i = r_i − V̂_sta(x), the reference policy's mean reward on x.
 
@@ -107,14 +102,14 @@ def _discounted_returns(rewards: torch.Tensor, mask: torch.Tensor, gamma: float)
     return returns * mask
 
 
-@ADVANTAGE_ESTIMATORS.register("reinforce")
+@ADVANTAGE_ESTIMATORS.register("reinforce", reads=("gamma",))
 def reinforce(*, token_rewards, response_mask, gamma: float = 1.0, **_) -> tuple[torch.Tensor, torch.Tensor]:
     """REINFORCE with reward-to-go (Williams 1992): A_t = G_t = Σ_{k≥t} γ^{k−t} r_k."""
     returns = _discounted_returns(token_rewards * response_mask, response_mask, gamma)
     return returns, returns
 
 
-@ADVANTAGE_ESTIMATORS.register("reinforce_pp")
+@ADVANTAGE_ESTIMATORS.register("reinforce_pp", reads=("gamma",))
 def reinforce_pp(*, token_rewards, response_mask, gamma: float = 1.0, **_) -> tuple[torch.Tensor, torch.Tensor]:
     """REINFORCE++ (arXiv 2501.03262): G_t as in REINFORCE (token rewards carry −β·KL_t), then
     A = (G − mean_batch G) / std_batch G over all valid tokens (unbiased variance). Returns stay G.
@@ -123,7 +118,7 @@ def reinforce_pp(*, token_rewards, response_mask, gamma: float = 1.0, **_) -> tu
     return masked_whiten(returns, response_mask), returns
 
 
-@ADVANTAGE_ESTIMATORS.register("reinforce_pp_baseline")
+@ADVANTAGE_ESTIMATORS.register("reinforce_pp_baseline", needs=("group_ids",))
 def reinforce_pp_baseline(*, token_rewards, response_mask, group_ids, **_) -> tuple[torch.Tensor, torch.Tensor]:
     """REINFORCE++-baseline (arXiv 2501.03262): A = r − mean_group(r) broadcast to every token, then
     whitened over all valid tokens of the batch (unbiased variance). Returns are the unwhitened A.
@@ -132,7 +127,7 @@ def reinforce_pp_baseline(*, token_rewards, response_mask, group_ids, **_) -> tu
     return masked_whiten(centered, response_mask), centered
 
 
-@ADVANTAGE_ESTIMATORS.register("gae")
+@ADVANTAGE_ESTIMATORS.register("gae", needs=("values",), reads=("gamma", "lam", "whiten"))
 def gae(
     *,
     token_rewards,
@@ -176,14 +171,11 @@ def compute_advantages(
     response_mask: torch.Tensor,
     group_ids: Sequence[Hashable] | None = None,
     values: torch.Tensor | None = None,
-    gamma: float = 1.0,
-    lam: float = 1.0,
-    norm_by_std: bool = True,
-    eps: float = 1e-6,
-    whiten: bool = True,
     baseline: torch.Tensor | None = None,
+    **params: float | bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(advantages, returns)`` ``[B, T]`` from the estimator registered as ``estimator``."""
+    """``(advantages, returns)`` ``[B, T]`` from the estimator registered as ``estimator``; ``params``
+    are the config fields it reads (``gamma``, ``lam``, ``whiten``, ``norm_by_std``, ``std_eps``)."""
     fn = ADVANTAGE_ESTIMATORS.get(estimator)
     mask = response_mask.to(token_rewards.dtype)
     return fn(
@@ -191,10 +183,6 @@ def compute_advantages(
         response_mask=mask,
         group_ids=group_ids,
         values=values,
-        gamma=gamma,
-        lam=lam,
-        norm_by_std=norm_by_std,
-        eps=eps,
-        whiten=whiten,
         baseline=baseline,
+        **params,
     )

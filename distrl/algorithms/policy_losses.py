@@ -51,7 +51,7 @@ def clipped_surrogate(
     return torch.maximum(unclipped, clipped), clipped > unclipped
 
 
-@POLICY_LOSSES.register("ppo")
+@POLICY_LOSSES.register("ppo", reads=("clip_low", "clip_high", "clip_c"))
 def ppo(*, logprobs, old_logprobs, advantages, response_mask, clip_low, clip_high, clip_c=None, **_) -> LossTerms:
     """PPO clipped surrogate on the token ratio w = exp(ℓ^θ − ℓ^old).
 
@@ -75,7 +75,7 @@ def _sequence_log_ratio(logprobs, old_logprobs, response_mask) -> torch.Tensor:
     return masked_mean(logprobs - old_logprobs, response_mask, dim=-1).clamp(max=SEQ_LOG_RATIO_MAX)[:, None]
 
 
-@POLICY_LOSSES.register("gspo")
+@POLICY_LOSSES.register("gspo", reads=("clip_low", "clip_high"))
 def gspo(*, logprobs, old_logprobs, advantages, response_mask, clip_low, clip_high, **_) -> LossTerms:
     """GSPO (arXiv 2507.18071, Eq. 5-7): sequence ratio s_i = (π_θ(y_i|x)/π_old(y_i|x))^{1/|y_i|}.
 
@@ -88,7 +88,7 @@ def gspo(*, logprobs, old_logprobs, advantages, response_mask, clip_low, clip_hi
     return LossTerms(loss_mat, seq_ratio, clipped, {})
 
 
-@POLICY_LOSSES.register("gspo_token")
+@POLICY_LOSSES.register("gspo_token", reads=("clip_low", "clip_high"))
 def gspo_token(*, logprobs, old_logprobs, advantages, response_mask, clip_low, clip_high, **_) -> LossTerms:
     """GSPO-token (arXiv 2507.18071, Eq. 13): s_{i,t} = sg[s_i] · π_θ(y_{i,t}) / sg[π_θ(y_{i,t})].
 
@@ -105,7 +105,11 @@ def _count(fraction: float, n_valid: int) -> int:
     return max(1, int(fraction * n_valid))
 
 
-@POLICY_LOSSES.register("clip_cov")
+@POLICY_LOSSES.register(
+    "clip_cov",
+    needs=("generator",),
+    reads=("clip_low", "clip_high", "clip_c", "clip_cov_ratio", "clip_cov_lb", "clip_cov_ub"),
+)
 def clip_cov(
     *,
     logprobs,
@@ -147,7 +151,7 @@ def clip_cov(
     return LossTerms(loss_mat, terms.ratio, terms.clipped, extra)
 
 
-@POLICY_LOSSES.register("kl_cov")
+@POLICY_LOSSES.register("kl_cov", reads=("kl_cov_ratio", "kl_cov_coef"))
 def kl_cov(
     *,
     logprobs,
@@ -155,7 +159,7 @@ def kl_cov(
     advantages,
     response_mask,
     kl_cov_ratio: float = 2e-3,
-    kl_coef: float = 1.0,
+    kl_cov_coef: float = 1.0,
     **_,
 ) -> LossTerms:
     """KL-Cov (arXiv 2505.22617 §4): every token takes −A·w (no clipping); the top max(1, ⌊k·N⌋)
@@ -170,19 +174,19 @@ def kl_cov(
     penalized = torch.zeros(cov.numel(), dtype=torch.bool, device=cov.device)
     penalized[top] = True
     penalized = penalized.view_as(cov)
-    loss_mat = loss_mat + kl_coef * penalized * (logprobs - old_logprobs).abs()
+    loss_mat = loss_mat + kl_cov_coef * penalized * (logprobs - old_logprobs).abs()
     extra = {"policy/kl_cov_frac": masked_mean(penalized.float(), response_mask)}
     return LossTerms(loss_mat, ratio, torch.zeros_like(valid), extra)
 
 
-@ROLLOUT_CORRECTIONS.register("tis")
+@ROLLOUT_CORRECTIONS.register("tis", needs=("rollout_logprobs",), reads=("tis_cap",))
 def truncated_is(rho: torch.Tensor, *, tis_cap: float, **_) -> torch.Tensor:
     """Truncated importance sampling (Yao et al., "Your efficient RL framework secretly brings you
     off-policy RL training"): weight min(ρ_t, C), ρ_t = π_train(y_t)/π_rollout(y_t)."""
     return rho.clamp(max=tis_cap)
 
 
-@ROLLOUT_CORRECTIONS.register("icepop")
+@ROLLOUT_CORRECTIONS.register("icepop", needs=("rollout_logprobs",))
 def icepop(rho: torch.Tensor, *, icepop_low: float = 0.5, icepop_high: float = 5.0, **_) -> torch.Tensor:
     """IcePop (Ring-1T, arXiv 2510.18855): weight ρ_t if α ≤ ρ_t ≤ β, else 0 (the token is dropped)."""
     return torch.where((rho >= icepop_low) & (rho <= icepop_high), rho, torch.zeros_like(rho))
@@ -211,7 +215,7 @@ def policy_loss(
 
     With ``rollout_logprobs`` and ``tis_cap``, every per-token loss is multiplied by the detached
     weight min(exp(ℓ^old − ℓ^roll), C) (``rollout_correction="icepop"`` masks instead). ``params``
-    carry loss-specific settings (``clip_cov_ratio``, ``kl_cov_ratio``, ``kl_coef``, ``generator``…).
+    carry loss-specific settings (``clip_cov_ratio``, ``kl_cov_ratio``, ``kl_cov_coef``, ``generator``…).
     ``max_len``, ``num_seqs``, ``num_tokens`` go to :func:`aggregate_loss` (micro-batch denominators).
     Metrics: ``policy/clip_frac`` (tokens whose clip binds), ``policy/clip_frac_low`` and
     ``policy/clip_frac_high``, ``policy/approx_kl`` (k3 estimate of KL(π_old‖π_θ)),

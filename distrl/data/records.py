@@ -179,10 +179,7 @@ class PromptStream:
 
 def _check_file(path: Path) -> None:
     if not path.exists():
-        raise DatasetError(
-            f"dataset file {path} does not exist; data.train_files (and data.val_files) should point at {_SUPPORTED} "
-            "files"
-        )
+        raise DatasetError(f"dataset file {path} does not exist; data.train_files should point at {_SUPPORTED} files")
     if not path.is_file():
         raise DatasetError(f"dataset path {path} is not a file; list the {_SUPPORTED} files themselves")
     if path.suffix.lower() not in SUPPORTED_SUFFIXES:

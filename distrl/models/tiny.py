@@ -58,13 +58,14 @@ def tiny_config(
 def build_tiny_model(
     path: str | Path,
     *,
-    hidden_size: int = 256,
-    num_layers: int = 4,
-    num_heads: int = 4,
-    intermediate_size: int = 1024,
+    hidden_size: int,
+    num_layers: int,
+    num_heads: int,
+    intermediate_size: int,
     seed: int = 0,
 ) -> Path:
-    """Write a randomly initialized tiny model + tokenizer as a Hugging Face folder at ``path``."""
+    """Write a randomly initialized tiny model + tokenizer as a Hugging Face folder at ``path``
+    (the sizes come from ``model.*``, :class:`~distrl.config.ModelConfig`)."""
     path = Path(path)
     torch.manual_seed(seed)
     config = tiny_config(

@@ -1,22 +1,25 @@
-"""Learner role: the policy, sharded with FSDP2 over a torch.distributed group of N actors.
+"""Learner role: the policy, sharded with FSDP2 over a torch.distributed group of N ranks.
 
-Every rank receives the whole batch by object reference and works on its own shard. One update
-is ``learner.epochs`` passes × ``learner.mini_batches`` optimizer steps; each mini-batch is split
-into micro-batches by a token budget (gradient accumulation). Loss denominators are those of
-the whole mini-batch across ranks, so N ranks compute exactly the update of one (FSDP averages
-gradients over ranks, hence the ``world_size`` factor). gloo on CPU, NCCL on GPU. A group of one
-trains the plain module: with nothing to shard, FSDP's hooks would only add work.
+Every rank receives the whole batch and works on its own shard. One update is
+``learner.epochs`` passes × ``learner.mini_batches`` optimizer steps (:func:`run_update`); each
+mini-batch is split into micro-batches by a token budget (gradient accumulation). Loss
+denominators are those of the whole mini-batch across ranks, so N ranks compute exactly the
+update of one (FSDP averages gradients over ranks, hence the ``world_size`` factor). gloo on CPU,
+NCCL on GPU. A group of one trains the plain module in its own process, without a process group:
+with nothing to shard, FSDP's hooks would only add work.
 """
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import os
 import socket
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
-import ray
 import torch
 import torch.distributed as dist
 from torch.distributed.checkpoint.state_dict import (
@@ -29,75 +32,104 @@ from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import fully_shard
 from torch.distributed.tensor import DTensor
 
-from distrl.algorithms import aggregate_loss, kl_penalty, policy_loss
+from distrl.algorithms import POLICY_LOSSES, ROLLOUT_CORRECTIONS, aggregate_loss, kl_penalty, policy_loss
 from distrl.config import Config
 from distrl.data.batch import TrajectoryBatch, shard_bounds
 from distrl.models.flat import FlatWeights
 from distrl.models.forward import response_logprobs, stack_rows
 from distrl.models.loading import load_policy, load_tokenizer
-from distrl.workers.group import actor_device, sharing_cores
-from distrl.workers.timing import BusyClock, busy
+from distrl.roles.resources import actor_device, sharing_cores
+from distrl.roles.timing import BusyClock, busy
+from distrl.roles.update import make_optimizer, run_update
 
 FULL_STATE = StateDictOptions(full_state_dict=True, cpu_offload=True)
 
 
-def make_optimizer(params, *, lr: float, weight_decay: float, warmup_steps: int, total_steps: int, schedule: str):
-    """AdamW with linear warmup, then constant or cosine decay to 0 over ``total_steps``."""
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+@dataclass(frozen=True)
+class PolicyObjective:
+    """The loss the config asks for, resolved once per run: the registered policy loss with the
+    config fields it reads, the rollout correction in force (with its inputs), the KL loss and the
+    entropy bonus. ``needs`` are the inputs it uses (see :data:`distrl.algorithms.INPUTS`)."""
 
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / warmup_steps
-        if schedule == "cosine":
-            progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-            return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-        return 1.0
+    loss: Callable[..., tuple[torch.Tensor, dict[str, torch.Tensor]]]
+    needs: frozenset[str]
+    loss_agg: str
+    kl_estimator: str
+    kl_in_loss: bool
+    entropy_coef: float
+    mask_truncated: bool
 
-    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    @classmethod
+    def from_config(cls, cfg: Config) -> PolicyObjective:
+        alg = cfg.algorithm
+        params = cfg.algorithm_params(POLICY_LOSSES, alg.policy_loss)
+        needs = set(POLICY_LOSSES.needs(alg.policy_loss))
+        correction = cfg.rollout_correction
+        if correction is not None:
+            params |= cfg.algorithm_params(ROLLOUT_CORRECTIONS, correction)
+            needs |= ROLLOUT_CORRECTIONS.needs(correction)
+        loss = functools.partial(
+            policy_loss,
+            alg.policy_loss,
+            agg=alg.loss_agg,
+            rollout_correction=correction or "tis",
+            max_len=cfg.rollout.max_new_tokens,
+            **params,
+        )
+        return cls(
+            loss=loss,
+            needs=frozenset(needs),
+            loss_agg=alg.loss_agg,
+            kl_estimator=alg.kl.estimator,
+            kl_in_loss=alg.kl.uses_loss and alg.kl.coef > 0,
+            entropy_coef=alg.entropy_coef,
+            mask_truncated=alg.mask_truncated,
+        )
 
 
 def free_port() -> int:
+    """A TCP port that is free on this node now."""
     with socket.socket() as s:
         s.bind(("", 0))
         return s.getsockname()[1]
 
 
-@ray.remote
 class Learner(BusyClock):
     """One rank of the policy learner group."""
 
-    def __init__(self, model_path: str, cfg: Config, *, rank: int, world_size: int) -> None:
+    def __init__(self, model_path: str, cfg: Config, *, rank: int = 0, world_size: int = 1) -> None:
         self.cfg, self.rank, self.world_size = cfg, rank, world_size
         self.model_path = model_path
         self.device = actor_device(cfg.cluster.learner, "learner", share=world_size)
+        self.objective = PolicyObjective.from_config(cfg)
 
-    def rendezvous(self) -> tuple[str, int]:
-        """Rank 0's address for the process group."""
-        return ray.util.get_node_ip_address(), free_port()
+    def free_port(self) -> int:
+        """A free port on this rank's node, for the process group's rendezvous (rank 0)."""
+        return free_port()
 
-    def setup(self, address: str, port: int, optimizer_state: str | None = None) -> int:
-        """Join the process group, shard the model, build the optimizer (optionally restored)."""
-        backend = "nccl" if self.device.type == "cuda" else "gloo"
-        os.environ.setdefault("TORCH_NCCL_ASYNC_ERROR_HANDLING", "1")
-        dist.init_process_group(
-            backend, init_method=f"tcp://{address}:{port}", rank=self.rank, world_size=self.world_size
-        )
+    def setup(self, address: str | None = None, port: int | None = None, optimizer_state: str | None = None) -> int:
+        """Join the process group at ``address:port`` (several ranks only), shard the model, build
+        the optimizer (optionally restored from ``optimizer_state``); returns the parameter count."""
         model = load_policy(self.model_path, self.cfg.model.dtype).to(self.device)
         model.gradient_checkpointing_disable()
         if self.world_size > 1:  # one rank holds the whole model: FSDP's hooks would only add work
+            backend = "nccl" if self.device.type == "cuda" else "gloo"
+            os.environ.setdefault("TORCH_NCCL_ASYNC_ERROR_HANDLING", "1")
+            dist.init_process_group(
+                backend, init_method=f"tcp://{address}:{port}", rank=self.rank, world_size=self.world_size
+            )
             mesh = init_device_mesh(self.device.type, (self.world_size,))
             for layer in model.model.layers:
                 fully_shard(layer, mesh=mesh)
             model = fully_shard(model, mesh=mesh)
         self.model = model
         learner = self.cfg.learner
-        total = self.cfg.trainer.total_steps * learner.epochs * learner.mini_batches
         self.optimizer, self.scheduler = make_optimizer(
             self.model.parameters(),
-            lr=learner.lr,
+            lr=self.cfg.learner_lr,
             weight_decay=learner.weight_decay,
             warmup_steps=learner.warmup_steps,
-            total_steps=total,
+            total_steps=self.cfg.trainer.total_steps * learner.epochs * learner.mini_batches,
             schedule=learner.lr_schedule,
         )
         if optimizer_state is not None:
@@ -140,36 +172,25 @@ class Learner(BusyClock):
         log-probs, and this update also reports ``policy/kl_ref`` and ``rollout/logprob_diff`` over the
         whole batch. Returns metrics averaged over micro-batches."""
         cfg = self.cfg
-        self.model.train()
-        sums: dict[str, float] = {}
-        count, skipped, grad_norms = 0, 0, []
         # Σ|log π − log π_rollout|, Σ KL(π‖π_ref), Σ tokens: the old-log-prob pass's metrics, when it was skipped
         old_stats = torch.zeros(3, device=self.device)
         generator = torch.Generator().manual_seed(cfg.trainer.seed * 100_003 + step)
-        for _ in range(cfg.learner.epochs):
-            order = torch.randperm(len(batch), generator=generator)
-            for mini_index in order.chunk(cfg.learner.mini_batches):
-                mini = batch.select(mini_index)
-                denominators = {"num_seqs": len(mini), "num_tokens": float(mini.response_mask.sum())}
-                for micro in self._micro_batches(mini, mini.shard(self.rank, self.world_size))[0]:
-                    loss, metrics = self._micro_loss(micro, denominators, generator, kl_coef, old_stats)
-                    (loss * self.world_size).backward()
-                    for k, v in metrics.items():
-                        sums[k] = sums.get(k, 0.0) + float(v)
-                    count += 1
-                grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.learner.grad_clip)
-                grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
-                if math.isfinite(grad_norm):
-                    self.optimizer.step()
-                    grad_norms.append(grad_norm)
-                else:
-                    skipped += 1
-                self.optimizer.zero_grad(set_to_none=True)
-                self.scheduler.step()
-        out = {k: v / max(1, count) for k, v in sums.items()}
-        out["policy/grad_norm"] = sum(grad_norms) / len(grad_norms) if grad_norms else float("nan")
+
+        def micro_loss(micro: TrajectoryBatch, mini: TrajectoryBatch) -> tuple[torch.Tensor, dict[str, float]]:
+            denominators = {"num_seqs": len(mini), "num_tokens": float(mini.response_mask.sum())}
+            loss, metrics = self._micro_loss(micro, denominators, generator, kl_coef, old_stats)
+            return loss * self.world_size, metrics
+
+        stats = run_update(
+            self.model, self.optimizer, self.scheduler, batch,
+            epochs=cfg.learner.epochs, mini_batches=cfg.learner.mini_batches, grad_clip=cfg.learner.grad_clip,
+            generator=generator, micro_loss=micro_loss,
+            micro_batches=lambda mini: self._micro_batches(mini, mini.shard(self.rank, self.world_size))[0],
+        )  # fmt: skip
+        out = stats.means()
+        out["policy/grad_norm"] = stats.grad_norm
         out["policy/lr"] = self.scheduler.get_last_lr()[0]
-        out["train/nonfinite_skipped"] = float(skipped)
+        out["train/nonfinite_skipped"] = float(stats.skipped)
         if "old_logprobs" not in batch.token:
             if self.world_size > 1:
                 dist.all_reduce(old_stats)
@@ -188,11 +209,10 @@ class Learner(BusyClock):
         old_stats: torch.Tensor,
     ) -> tuple[torch.Tensor, dict[str, float]]:
         """Policy loss (+ KL loss − entropy bonus) of one micro-batch, with mini-batch denominators."""
-        alg = self.cfg.algorithm
+        objective = self.objective
         move = {k: v.to(self.device) for k, v in micro.token.items()}
-        mask = micro.response_mask.to(self.device)
-        if alg.mask_truncated:
-            mask = mask * (1 - micro.sample["truncated"].to(self.device))[:, None]
+        valid = micro.response_mask.to(self.device)
+        mask = valid * (1 - micro.sample["truncated"].to(self.device))[:, None] if objective.mask_truncated else valid
         logprobs, entropy = response_logprobs(
             self.model, micro, temperature=self.cfg.rollout.temperature, with_entropy=True
         )
@@ -200,42 +220,28 @@ class Learner(BusyClock):
         old_logprobs = move.get("old_logprobs")
         if old_logprobs is None:
             old_logprobs = logprobs.detach()
-            valid = micro.response_mask.to(self.device)
             old_stats[0] += ((old_logprobs - move["rollout_logprobs"]).abs() * valid).sum()
             if "ref_logprobs" in move:
-                old_stats[1] += (kl_penalty(old_logprobs, move["ref_logprobs"], alg.kl.estimator) * valid).sum()
+                old_stats[1] += (kl_penalty(old_logprobs, move["ref_logprobs"], objective.kl_estimator) * valid).sum()
             old_stats[2] += valid.sum()
-        agg = {"max_len": self.cfg.rollout.max_new_tokens, **denominators}
-        loss, metrics = policy_loss(
-            alg.policy_loss,
-            logprobs=logprobs,
-            old_logprobs=old_logprobs,
-            advantages=move["advantages"],
-            response_mask=mask,
-            clip_low=alg.clip_low,
-            clip_high=alg.clip_high,
-            clip_c=alg.clip_c,
-            agg=alg.loss_agg,
-            rollout_logprobs=move["rollout_logprobs"] if self.cfg.tis_cap is not None else None,
-            tis_cap=self.cfg.tis_cap,
-            rollout_correction=alg.rollout_correction,
-            clip_cov_ratio=alg.clip_cov_ratio,
-            clip_cov_lb=alg.clip_cov_lb,
-            clip_cov_ub=alg.clip_cov_ub,
-            kl_cov_ratio=alg.kl_cov_ratio,
-            kl_coef=alg.kl_cov_coef,
-            generator=generator,
-            **agg,
-        )
+        inputs = {
+            "rollout_logprobs": move["rollout_logprobs"] if "rollout_logprobs" in objective.needs else None,
+            **({"generator": generator} if "generator" in objective.needs else {}),
+        }
+        loss, metrics = objective.loss(
+            logprobs=logprobs, old_logprobs=old_logprobs, advantages=move["advantages"], response_mask=mask,
+            **denominators, **inputs,
+        )  # fmt: skip
         metrics = {k: float(v) for k, v in metrics.items()}
         metrics["policy/pg_loss"] = loss.item()
-        mean_entropy = aggregate_loss(entropy.float(), mask, alg.loss_agg, **agg)
+        agg = {"max_len": self.cfg.rollout.max_new_tokens, **denominators}
         metrics["policy/entropy"] = float((entropy.detach() * mask).sum() / mask.sum().clamp(min=1))
-        if kl_coef > 0 and alg.kl.uses_loss:
-            kl = aggregate_loss(kl_penalty(logprobs, move["ref_logprobs"], alg.kl.estimator), mask, alg.loss_agg, **agg)
+        if kl_coef > 0 and objective.kl_in_loss:
+            kl = aggregate_loss(kl_penalty(logprobs, move["ref_logprobs"], objective.kl_estimator), mask,
+                                objective.loss_agg, **agg)  # fmt: skip
             loss = loss + kl_coef * kl
-        if alg.entropy_coef > 0:
-            loss = loss - alg.entropy_coef * mean_entropy
+        if objective.entropy_coef > 0:
+            loss = loss - objective.entropy_coef * aggregate_loss(entropy.float(), mask, objective.loss_agg, **agg)
         metrics["policy/loss"] = loss.item()
         return loss, metrics
 
@@ -267,5 +273,6 @@ class Learner(BusyClock):
         torch.save({"optimizer": optim, "scheduler": self.scheduler.state_dict()}, path / "optimizer.pt")
 
     def close(self) -> None:
-        if dist.is_initialized():
+        """Leave the process group (several ranks)."""
+        if self.world_size > 1 and dist.is_initialized():
             dist.destroy_process_group()

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import ray
 import torch
 
 from distrl.algorithms import value_loss
@@ -13,14 +12,13 @@ from distrl.config import Config
 from distrl.data.batch import TrajectoryBatch
 from distrl.models.forward import response_values, stack_rows
 from distrl.models.loading import load_critic
-from distrl.workers.group import actor_device, sharing_cores
-from distrl.workers.learner import make_optimizer
-from distrl.workers.timing import BusyClock, busy
+from distrl.roles.resources import actor_device, sharing_cores
+from distrl.roles.timing import BusyClock, busy
+from distrl.roles.update import make_optimizer, run_update
 
 
-@ray.remote
 class Critic(BusyClock):
-    """The value model on one actor. ``state`` is a checkpoint's ``critic/`` folder to resume from."""
+    """The value model on one process. ``state`` is a checkpoint's ``critic/`` folder to resume from."""
 
     def __init__(self, model_path: str, cfg: Config, *, state: str | None = None) -> None:
         self.cfg, self.model_path = cfg, model_path
@@ -56,35 +54,29 @@ class Critic(BusyClock):
 
     @busy("critic_update")
     def update(self, batch: TrajectoryBatch, step: int) -> dict[str, float]:
-        """Clipped value-loss regression of V onto the returns, same epochs and mini-batches as the policy."""
+        """Clipped value-loss regression of V onto the returns, same epochs and mini-batches as the
+        policy; each micro-batch's token-mean loss is weighted by its share of the mini-batch's tokens."""
         cfg = self.cfg
-        self.model.train()
-        generator = torch.Generator().manual_seed(cfg.trainer.seed * 100_003 + step + 1)
-        sums: dict[str, float] = {}
-        count = 0
-        for _ in range(cfg.learner.epochs):
-            for mini_index in torch.randperm(len(batch), generator=generator).chunk(cfg.learner.mini_batches):
-                mini = batch.select(mini_index)
-                tokens = float(mini.response_mask.sum())
-                for micro in mini.micro_batches(cfg.learner.micro_batch_tokens)[0]:
-                    mask = micro.response_mask.to(self.device)
-                    loss, metrics = value_loss(
-                        values=response_values(self.model, micro),
-                        old_values=micro.token["values"].to(self.device),
-                        returns=micro.token["returns"].to(self.device),
-                        response_mask=mask,
-                        clip=cfg.algorithm.value_clip,
-                    )
-                    (loss * mask.sum() / max(tokens, 1.0)).backward()
-                    metrics["critic/loss"] = loss.detach()
-                    for k, v in metrics.items():
-                        sums[k] = sums.get(k, 0.0) + float(v)
-                    count += 1
-                torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.learner.grad_clip)
-                self.optimizer.step()
-                self.optimizer.zero_grad(set_to_none=True)
-                self.scheduler.step()
-        return {k: v / max(1, count) for k, v in sums.items()}
+
+        def micro_loss(micro: TrajectoryBatch, mini: TrajectoryBatch) -> tuple[torch.Tensor, dict[str, float]]:
+            mask = micro.response_mask.to(self.device)
+            loss, metrics = value_loss(
+                values=response_values(self.model, micro),
+                old_values=micro.token["values"].to(self.device),
+                returns=micro.token["returns"].to(self.device),
+                response_mask=mask,
+                clip=cfg.algorithm.value_clip,
+            )
+            metrics["critic/loss"] = loss.detach()
+            return loss * mask.sum() / max(float(mini.response_mask.sum()), 1.0), metrics
+
+        stats = run_update(
+            self.model, self.optimizer, self.scheduler, batch,
+            epochs=cfg.learner.epochs, mini_batches=cfg.learner.mini_batches, grad_clip=cfg.learner.grad_clip,
+            generator=torch.Generator().manual_seed(cfg.trainer.seed * 100_003 + step + 1), micro_loss=micro_loss,
+            micro_batches=lambda mini: mini.micro_batches(cfg.learner.micro_batch_tokens)[0],
+        )  # fmt: skip
+        return {**stats.means(), "critic/nonfinite_skipped": float(stats.skipped)}
 
     def save(self, folder: str) -> None:
         """Write the critic's weights and optimizer into a checkpoint folder."""

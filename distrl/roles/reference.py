@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ray
 import torch
 
 from distrl.config import Config
@@ -10,13 +9,12 @@ from distrl.data.batch import TrajectoryBatch
 from distrl.models.flat import FlatWeights
 from distrl.models.forward import response_logprobs, stack_rows
 from distrl.models.loading import load_policy
-from distrl.workers.group import actor_device, sharing_cores
-from distrl.workers.timing import BusyClock, busy
+from distrl.roles.resources import actor_device, sharing_cores
+from distrl.roles.timing import BusyClock, busy
 
 
-@ray.remote
 class Reference(BusyClock):
-    """One reference actor; a group of N splits each batch into N shards by rank."""
+    """One reference member; a group of N splits each batch into N shards by rank."""
 
     def __init__(self, model_path: str, cfg: Config, *, rank: int = 0, world_size: int = 1) -> None:
         self.device = actor_device(cfg.cluster.reference, "reference")

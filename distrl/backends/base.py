@@ -1,0 +1,86 @@
+"""The interface between the controller and wherever the roles run (docs/architecture.md, "Backends").
+
+A backend places ``count`` instances of a role class (a plain Python class from
+:mod:`distrl.roles`) and calls their methods. A call returns *handles*: a Ray object reference
+with the ``ray`` backend, the value itself with ``inline``. Handles can be passed as arguments to
+other calls, also nested in lists and tuples; the role method always receives the values. The
+controller only ever uses :class:`RoleGroup` and :class:`Backend`, never Ray.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from typing import Any
+
+from distrl.config import RoleResources
+
+#: A backend's reference to a value: ``ray.ObjectRef`` (ray) or the value itself (inline).
+Handle = Any
+
+
+class RoleDiedError(RuntimeError):
+    """A member of a role died; the message names the role."""
+
+
+class RoleGroup(ABC):
+    """The ``count`` members of one role. Member i of a ranked role was built with ``rank=i,
+    world_size=count``."""
+
+    role: str
+
+    @abstractmethod
+    def __len__(self) -> int: ...
+
+    @abstractmethod
+    def call(self, method: str, *args: Any, num_returns: int = 1, **kwargs: Any) -> list[Handle]:
+        """Call ``method`` on every member with the same arguments; one handle per member (a tuple of
+        ``num_returns`` handles when the method returns that many values)."""
+
+    @abstractmethod
+    def call_rank(self, rank: int, method: str, *args: Any, num_returns: int = 1, **kwargs: Any) -> Handle:
+        """Call ``method`` on member ``rank`` only."""
+
+    @abstractmethod
+    def node_address(self, rank: int) -> str:
+        """The IP address of the node member ``rank`` runs on (for a process-group rendezvous)."""
+
+    @abstractmethod
+    def dead_ranks(self) -> list[int]:
+        """Ranks of the members that no longer answer."""
+
+    @abstractmethod
+    def shutdown(self) -> None:
+        """Stop every member and release what it reserved."""
+
+
+class Backend(ABC):
+    """Places role groups and moves values between them (``cluster.backend``)."""
+
+    name: str
+
+    @abstractmethod
+    def group(
+        self,
+        role: str,
+        cls: type,
+        count: int,
+        resources: RoleResources,
+        *,
+        args: Sequence[Any] = (),
+        kwargs: dict[str, Any] | None = None,
+        ranked: bool = True,
+    ) -> RoleGroup:
+        """Start ``count`` members of ``cls(*args, **kwargs)`` (plus ``rank``/``world_size`` when ``ranked``)."""
+
+    @abstractmethod
+    def get(self, handles: Handle | list[Handle], role: str) -> Any:
+        """The values of ``handles``; :class:`RoleDiedError` naming ``role`` if a member died meanwhile."""
+
+    @abstractmethod
+    def wait(self, handles: list[Handle]) -> None:
+        """Block until every handle's value is computed, without fetching it to the controller."""
+
+    @abstractmethod
+    def shutdown(self) -> None:
+        """Release what the backend itself started (not the role groups: shut those down first)."""

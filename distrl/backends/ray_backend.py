@@ -1,0 +1,181 @@
+"""The Ray backend: each role member is a Ray actor placed through a placement group, and values
+move between roles through the object store; the controller holds only references.
+
+:class:`RoleActor` is the one actor class: a thin shell that builds a plain role object and calls
+its methods, resolving object references nested in the arguments (Ray resolves only top-level
+ones). The same role code runs with one member on a laptop and 64 on a cluster; only the bundles
+change. A dead actor becomes a :class:`~distrl.backends.base.RoleDiedError` naming the role
+instead of a hang or a bare Ray traceback.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import ray
+from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
+from ray.util.placement_group import placement_group, remove_placement_group
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+from distrl.backends.base import Backend, Handle, RoleDiedError, RoleGroup
+from distrl.config import RoleResources
+
+#: How long to wait for a placement group's resources before failing with a message.
+PLACEMENT_TIMEOUT_S = 120
+#: How long a member may take to answer a ping before :meth:`RayGroup.dead_ranks` counts it dead.
+PING_TIMEOUT_S = 10.0
+
+_DIED = (RayActorError, ActorDiedError, ActorUnavailableError)
+
+
+def _resolve(value: Any) -> Any:
+    """``value`` with every object reference nested in lists, tuples and dicts replaced by its value."""
+    if isinstance(value, ray.ObjectRef):
+        return ray.get(value)
+    if isinstance(value, list | tuple):
+        return type(value)(_resolve(item) for item in value)
+    if isinstance(value, dict):
+        return {key: _resolve(item) for key, item in value.items()}
+    return value
+
+
+@ray.remote
+class RoleActor:
+    """One member of a role: ``cls(*args, **kwargs)`` inside a Ray actor."""
+
+    def __init__(self, cls: type, args: tuple, kwargs: dict[str, Any]) -> None:
+        self.role = cls(*args, **kwargs)
+
+    def call(self, method: str, args: tuple, kwargs: dict[str, Any]) -> Any:
+        return getattr(self.role, method)(*_resolve(args), **_resolve(kwargs))
+
+    def node_address(self) -> str:
+        return ray.util.get_node_ip_address()
+
+
+class RayGroup(RoleGroup):
+    """``count`` actors of one role in one placement group (bundle i holds member i)."""
+
+    def __init__(
+        self,
+        role: str,
+        cls: type,
+        count: int,
+        resources: RoleResources,
+        *,
+        args: Sequence[Any],
+        kwargs: dict[str, Any],
+        ranked: bool,
+        strategy: str = "PACK",
+    ) -> None:
+        self.role = role
+        cpus, gpus = resources.cpus, resources.gpus
+        self.placement = None
+        if cpus or gpus:  # a role that reserves nothing (the batch role) needs no placement group
+            bundle = {"CPU": cpus, "GPU": gpus} if gpus else {"CPU": cpus}
+            self.placement = placement_group([bundle] * count, strategy)
+            ready, _ = ray.wait([self.placement.ready()], timeout=PLACEMENT_TIMEOUT_S)
+            if not ready:
+                remove_placement_group(self.placement)
+                raise RuntimeError(
+                    f"the cluster cannot place {count} {role} actor(s) with {cpus} CPU and {gpus} GPU each within "
+                    f"{PLACEMENT_TIMEOUT_S}s; lower cluster.* or add nodes (ray status shows what is free)"
+                )
+        self.actors = [
+            RoleActor.options(num_cpus=cpus, num_gpus=gpus, scheduling_strategy=self._strategy(i)).remote(
+                cls, tuple(args), {**kwargs, **({"rank": i, "world_size": count} if ranked else {})}
+            )
+            for i in range(count)
+        ]
+
+    def _strategy(self, index: int) -> PlacementGroupSchedulingStrategy | str:
+        if self.placement is None:
+            return "DEFAULT"
+        return PlacementGroupSchedulingStrategy(self.placement, placement_group_bundle_index=index)
+
+    def __len__(self) -> int:
+        return len(self.actors)
+
+    def call(self, method: str, *args: Any, num_returns: int = 1, **kwargs: Any) -> list[Handle]:
+        return [self.call_rank(rank, method, *args, num_returns=num_returns, **kwargs) for rank in range(len(self))]
+
+    def call_rank(self, rank: int, method: str, *args: Any, num_returns: int = 1, **kwargs: Any) -> Handle:
+        call = self.actors[rank].call
+        if num_returns > 1:
+            call = call.options(num_returns=num_returns)
+        result = call.remote(method, args, kwargs)
+        return tuple(result) if num_returns > 1 else result
+
+    def node_address(self, rank: int) -> str:
+        return ray.get(self.actors[rank].node_address.remote())
+
+    def dead_ranks(self) -> list[int]:
+        pings = [actor.__ray_ready__.remote() for actor in self.actors]
+        ready, _ = ray.wait(pings, num_returns=len(pings), timeout=PING_TIMEOUT_S)
+        dead = []
+        for rank, ping in enumerate(pings):
+            try:
+                if ping not in ready:
+                    raise TimeoutError
+                ray.get(ping)
+            except (*_DIED, TimeoutError):
+                dead.append(rank)
+        return dead
+
+    def shutdown(self) -> None:
+        for actor in self.actors:
+            ray.kill(actor)
+        if self.placement is not None:
+            remove_placement_group(self.placement)
+
+
+class RayBackend(Backend):
+    """Connects to the cluster of ``RAY_ADDRESS`` (a ``ray job submit`` driver or a user's cluster),
+    or starts a fresh local instance with ``num_cpus`` logical CPUs, never a stray cluster left
+    running on this machine. A Ray instance that is already initialized is used as it is."""
+
+    name = "ray"
+
+    def __init__(self, num_cpus: int) -> None:
+        self.started = False
+        if not ray.is_initialized():
+            if os.environ.get("RAY_ADDRESS"):
+                ray.init()
+            else:
+                ray.init(address="local", num_cpus=num_cpus)
+            self.started = True
+
+    def group(
+        self,
+        role: str,
+        cls: type,
+        count: int,
+        resources: RoleResources,
+        *,
+        args: Sequence[Any] = (),
+        kwargs: dict[str, Any] | None = None,
+        ranked: bool = True,
+    ) -> RayGroup:
+        return RayGroup(role, cls, count, resources, args=args, kwargs=kwargs or {}, ranked=ranked)
+
+    def get(self, handles: Handle | list[Handle], role: str) -> Any:
+        try:
+            return ray.get(handles)
+        except _DIED as err:
+            raise RoleDiedError(f"an actor died while waiting for the {role} role") from err
+        except ray.exceptions.RayTaskError as err:
+            if isinstance(err.cause, _DIED):
+                raise RoleDiedError(f"an actor died while waiting for the {role} role") from err
+            raise
+
+    def wait(self, handles: list[Handle]) -> None:
+        if handles:
+            ray.wait(handles, num_returns=len(handles), fetch_local=False)
+
+    def shutdown(self) -> None:
+        """Shut down the local instance this backend started (a cluster it joined stays up)."""
+        if self.started:
+            ray.shutdown()
+            self.started = False

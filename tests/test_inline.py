@@ -1,0 +1,51 @@
+"""The inline backend: the whole job in this process, no Ray; a breakpoint in a role stops here."""
+
+import os
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from distrl.config import ConfigError
+from distrl.metrics import read_metrics
+from distrl.trainer import Trainer
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.vllm
+def test_inline_trains_in_this_process_and_a_breakpoint_in_a_role_stops_here(tiny_config, monkeypatch):
+    ray = pytest.importorskip("ray")
+    assert not ray.is_initialized()
+    calls = []
+    monkeypatch.setenv("PYTHONBREAKPOINT", "")  # honour sys.breakpointhook even if the user's env disables it
+    monkeypatch.setattr(sys, "breakpointhook", lambda *a, **k: calls.append((os.getpid(), threading.get_ident())))
+    cfg = tiny_config(
+        "cluster.backend=inline", f"reward.function={ROOT / 'tests/fixtures/coin_reward.py'}:calls_breakpoint"
+    )
+    trainer = Trainer(cfg)
+    try:
+        trainer.fit()
+    finally:
+        trainer.shutdown()
+    assert not ray.is_initialized()
+    samples = cfg.trainer.total_steps * cfg.data.train_batch_size * cfg.rollout.n
+    assert calls == [(os.getpid(), threading.get_ident())] * samples  # every scoring call ran in this thread
+    metrics = read_metrics(Path(cfg.trainer.output_dir) / "metrics.jsonl")
+    assert [m["step"] for m in metrics] == [1, 2]
+    assert metrics[-1]["rollout/policy_version"] == 1.0
+    assert (Path(cfg.trainer.output_dir) / "checkpoints" / "step_2" / "model.safetensors").exists()
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["trainer.mode=async"], r"trainer.mode=async .* cluster.backend=inline .* use trainer.mode=sync"),
+        (["cluster.learners=2"], r"one learner rank and one rollout engine .* cluster.learners=2"),
+        (["cluster.learner.cores=[0]"], r"cluster.learner.cores=\[0\] pins a Ray actor"),
+    ],
+)
+def test_inline_refuses_what_needs_several_processes(overrides, message, tiny_config):
+    with pytest.raises(ConfigError, match=message):
+        tiny_config("cluster.backend=inline", *overrides)

@@ -1,0 +1,196 @@
+"""Every role as a plain object, without Ray and without vLLM (the HF engine): constructed and
+called in this process, checked against hand-computed numbers and the direction of learning."""
+
+import math
+
+import pytest
+import torch
+
+from distrl.data.arithmetic import make_problems
+from distrl.data.batch import TrajectoryBatch
+from distrl.models.prepare import prepare_policy
+from distrl.models.tiny import build_tokenizer
+from distrl.roles.batches import AdvantageSpec, BatchRole, assemble, prepare_update
+from distrl.roles.critic import Critic
+from distrl.roles.learner import Learner
+from distrl.roles.reference import Reference
+from distrl.roles.reward import Reward
+from distrl.roles.rollout import Rollout
+
+
+def fixed_batch(responses=("3", "47", "86", "59"), advantages=(1.0, -1.0, 1.0, -1.0)) -> TrajectoryBatch:
+    """Four samples of two prompts with fixed responses and per-sample advantages."""
+    tok = build_tokenizer()
+    prompts = [tok(p)["input_ids"] for p in ("1+2=", "1+2=", "30+4=", "30+4=")]
+    ids = [tok(r)["input_ids"] + [tok.eos_token_id] for r in responses]
+    batch = TrajectoryBatch.from_lists(
+        prompts, ids, pad_id=tok.pad_token_id, token={"rollout_logprobs": [[0.0] * len(r) for r in ids]},
+        sample={"truncated": [0.0] * 4, "policy_version": [0.0] * 4}, meta={"group_ids": ["a", "a", "b", "b"]},
+    )  # fmt: skip
+    batch.token["advantages"] = torch.tensor(advantages)[:, None] * batch.response_mask
+    return batch
+
+
+@pytest.fixture
+def policy(tiny_config):
+    cfg = tiny_config("algorithm.kl.coef=0", "learner.lr=1e-3")
+    return cfg, prepare_policy(cfg)
+
+
+def test_one_update_raises_positive_and_lowers_negative_advantage_samples(policy):
+    cfg, path = policy
+    learner = Learner(path, cfg)
+    learner.setup()
+    batch = fixed_batch()
+    before = learner.logprobs(batch).sum(-1)
+    metrics = learner.update(batch, step=0)
+    after = learner.logprobs(batch).sum(-1)
+    moved = after - before
+    assert (moved[[0, 2]] > 0).all() and (moved[[1, 3]] < 0).all(), moved
+    assert metrics["policy/lr"] == pytest.approx(1e-3)
+    assert metrics["policy/ratio_mean"] == 1.0  # on-policy: π_old is the forward's own log-probs
+    assert metrics["train/nonfinite_skipped"] == 0.0
+
+
+def test_icepop_masks_tokens_whose_rollout_ratio_leaves_its_band_in_sync_mode(tiny_config):
+    cfg = tiny_config("algorithm.kl.coef=0", "algorithm.rollout_correction=icepop")
+    assert cfg.algorithm.tis_cap is None and cfg.trainer.mode == "sync"
+    learner = Learner(prepare_policy(cfg), cfg)
+    learner.setup()
+    batch = fixed_batch()
+    logprobs = learner.logprobs(batch)
+    # rows 0 and 1: the engine agreed (ρ = 1, kept); rows 2 and 3: ρ = e³ ≈ 20 > 5 (dropped)
+    batch.token["rollout_logprobs"] = logprobs - torch.tensor([0.0, 0.0, 3.0, 3.0])[:, None] * batch.response_mask
+    metrics = learner.update(batch, step=0)
+    mask = batch.response_mask
+    kept = float(mask[:2].sum() / mask.sum())
+    assert metrics["policy/is_weight_mean"] == pytest.approx(kept, rel=1e-4)
+
+
+def test_the_reference_scores_like_the_initial_learner_and_gives_its_weights(policy):
+    cfg, path = policy
+    learner, reference = Learner(path, cfg), Reference(path, cfg)
+    learner.setup()
+    batch = fixed_batch()
+    ref = reference.logprobs(batch)
+    assert torch.allclose(ref, learner.logprobs(batch), atol=1e-5)
+    assert ((ref < 0) == batch.response_mask.bool()).all()  # a log-prob on every response token, 0 on padding
+    weights = reference.state_dict("float32").as_dict()
+    assert set(weights) == set(learner.model.state_dict())
+
+
+def test_the_critic_starts_at_zero_and_its_update_fits_the_returns(policy):
+    cfg, path = policy
+    critic = Critic(path, cfg)
+    batch = fixed_batch()
+    values = critic.values(batch)
+    assert values.shape == batch.response_mask.shape and values.abs().max() == 0.0  # zero-initialised head
+    batch.token["values"] = values
+    batch.token["returns"] = torch.full_like(values, 0.5) * batch.response_mask
+    losses = [critic.update(batch, step)["critic/loss"] for step in range(4)]
+    assert losses[-1] < losses[0]
+    assert ((critic.values(batch) - 0.5).abs() * batch.response_mask).sum() < (0.5 * batch.response_mask).sum()
+
+
+def test_a_nonfinite_critic_update_is_skipped_and_leaves_the_weights(policy):
+    cfg, path = policy
+    critic = Critic(path, cfg)
+    batch = fixed_batch()
+    batch.token["values"] = critic.values(batch)
+    batch.token["returns"] = torch.full_like(batch.response_mask, float("nan"))
+    before = {k: v.clone() for k, v in critic.model.state_dict().items()}
+    metrics = critic.update(batch, 0)
+    assert metrics["critic/nonfinite_skipped"] == 1.0
+    assert all(torch.equal(before[k], v) for k, v in critic.model.state_dict().items())
+
+
+def test_the_reward_role_scores_shapes_overlong_responses_and_summarises(tiny_config):
+    cfg = tiny_config("algorithm=dapo", "rollout.max_new_tokens=5", "algorithm.overlong.buffer_len=2")
+    reward = Reward(cfg)
+    tok = build_tokenizer()
+    records = make_problems(2, digits=1, seed=0)
+    right, wrong = records[0].ground_truth, "99999"
+    prompts = [tok(r.prompt)["input_ids"] for r in records]
+    batch = TrajectoryBatch.from_lists(
+        prompts, [tok(right)["input_ids"] + [tok.eos_token_id], tok(wrong)["input_ids"]], pad_id=tok.pad_token_id,
+        token={"rollout_logprobs": [[0.0] * (len(right) + 1), [0.0] * 5]},
+        sample={"truncated": [0.0, 1.0], "policy_version": [3.0, 3.0]},
+        meta={"group_ids": ["g0", "g1"], "prompt_texts": [r.prompt for r in records],
+              "response_texts": [right, wrong], "data_sources": ["arithmetic"] * 2,
+              "ground_truths": [r.ground_truth for r in records], "extra_infos": [None, None]},
+    )  # fmt: skip
+    scored, summary = reward.score(batch)
+    # L_max = 5, L_cache = 2: a 5-token response is at L_max, penalty −1; a short one gets none
+    assert summary.raw_scores == [1.0, 0.0]
+    assert summary.scores == [1.0, -1.0]
+    assert summary.accuracy == [1.0, 0.0]
+    assert summary.lengths == [len(right) + 1, 5.0] and summary.truncated == [0.0, 1.0]
+    assert summary.policy_versions == [3.0, 3.0] and summary.errors == 0
+    assert scored.sample["scores"].tolist() == [1.0, -1.0]
+
+
+def test_prepare_update_puts_the_score_on_the_last_token_and_the_kl_in_the_reward(tiny_config):
+    cfg = tiny_config("algorithm=reinforce_pp")  # k1 KL in the reward, β 0.01; whitened reward-to-go
+    spec = AdvantageSpec.from_config(cfg)
+    assert spec.estimator == "reinforce_pp" and spec.kl_in_reward and spec.params == {"gamma": 1.0}
+    batch = fixed_batch(responses=("3", "47", "71", "5"))
+    batch.sample["scores"] = torch.tensor([1.0, 0.0, 0.0, 1.0])
+    mask = batch.response_mask  # lengths 2, 3, 3, 2
+    old = -0.5 * mask
+    ref = -0.7 * mask  # k1 = old − ref = 0.2 on every response token
+    prepared, metrics = prepare_update(batch, [old[:2], old[2:]], [ref], None, spec, kl_coef=0.5)
+    expected = torch.tensor([[-0.1, 0.9, 0.0], [-0.1, -0.1, -0.1], [-0.1, -0.1, -0.1], [-0.1, 0.9, 0.0]])
+    assert torch.allclose(prepared.token["token_rewards"], expected)
+    returns = torch.tensor([[0.8, 0.9, 0.0], [-0.3, -0.2, -0.1], [-0.3, -0.2, -0.1], [0.8, 0.9, 0.0]])
+    assert torch.allclose(prepared.token["returns"], returns)
+    valid = returns[mask.bool()]
+    whitened = (returns - valid.mean()) / valid.std() * mask
+    assert torch.allclose(prepared.token["advantages"], whitened, atol=1e-5)
+    assert metrics["policy/kl_ref"] == pytest.approx(0.2)
+    assert metrics["rollout/logprob_diff"] == pytest.approx(0.5)  # engine log-probs are 0 here
+    assert metrics["advantages/mean"] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_prepare_update_gives_grpo_advantages_and_pvpo_baselines(tiny_config):
+    batch = fixed_batch()
+    batch.sample["scores"] = torch.tensor([1.0, 0.0, 1.0, 1.0])
+    batch.meta["prompt_indices"] = [7, 7, 9, 9]
+    grpo = AdvantageSpec.from_config(tiny_config("algorithm=grpo"))
+    prepared, _ = prepare_update(batch, None, None, None, grpo, kl_coef=0.0)
+    first = prepared.token["advantages"][:, 0]
+    # group a: r = [1, 0], mean ½, Bessel std √½ → ±0.7071; group b: no spread → 0
+    assert torch.allclose(first, torch.tensor([1 / math.sqrt(2), -1 / math.sqrt(2), 0.0, 0.0]), atol=1e-5)
+    pvpo = AdvantageSpec.from_config(tiny_config("algorithm=pvpo"))
+    assert "prompt_values" in pvpo.needs
+    prepared, _ = prepare_update(batch, None, None, None, pvpo, kl_coef=0.0, prompt_values={7: 0.25, 9: 0.75})
+    assert torch.allclose(prepared.token["advantages"][:, 0], torch.tensor([0.75, -0.25, 0.25, 0.25]))
+
+
+def test_the_batch_role_assembles_the_kept_rows_in_order(tiny_config):
+    role = BatchRole(tiny_config())
+    a, b = fixed_batch(), fixed_batch(responses=("1", "2", "3", "4"))
+    joined = role.assemble([(a, [1, 3]), (b, [0])])
+    assert joined.meta["group_ids"] == ["a", "b", "a"]
+    assert torch.equal(joined.select([0, 1]).response_ids, assemble([(a, [1, 3])]).response_ids)
+    assert set(role.take_busy()) == {"assemble"}
+
+
+def test_the_rollout_role_generates_groups_with_engine_logprobs_and_takes_new_weights(tiny_config):
+    cfg = tiny_config("rollout=hf", "rollout.max_new_tokens=4")
+    path = prepare_policy(cfg)
+    rollout = Rollout(path, cfg.rollout, max_model_len=64, seed=0)
+    learner = Learner(path, cfg)
+    learner.setup()
+    records = make_problems(2, digits=1, seed=0)
+    batch = rollout.generate(records, ["x", "y"], n=3, seed=0)
+    assert batch.meta["group_ids"] == ["x"] * 3 + ["y"] * 3
+    assert batch.meta["prompt_indices"] == [records[0].index] * 3 + [records[1].index] * 3
+    lengths = batch.response_lengths
+    assert ((lengths == 4) == batch.sample["truncated"].bool()).all()  # truncated = cut at max_new_tokens
+    # the engine's sampled log-probs are the learner's, teacher-forced
+    assert torch.allclose(batch.token["rollout_logprobs"], learner.logprobs(batch), atol=1e-4)
+    weights = learner.state_dict("float32")
+    weights.buffer[:] = 0
+    assert rollout.load_weights(weights, 5) == 5
+    after = rollout.generate(records[:1], ["z"], n=1, seed=0)
+    assert after.sample["policy_version"].tolist() == [5.0]

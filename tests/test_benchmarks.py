@@ -4,7 +4,10 @@ import json
 import subprocess
 import sys
 
+import pytest
 from conftest import ROOT
+
+pytestmark = [pytest.mark.subprocess]
 
 
 def test_throughput_benchmark_writes_its_json(tmp_path):

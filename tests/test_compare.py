@@ -131,6 +131,7 @@ def test_t_quantiles(df: int, expected: float) -> None:
     assert compare.t_quantile_975(df) == pytest.approx(expected, abs=1e-4)
 
 
+@pytest.mark.subprocess
 def test_a_job_prints_its_metrics_and_keeps_its_exit_status(tmp_path: Path) -> None:
     """The Ray job's shell command, run with a stand-in ``python`` that logs two steps and exits 3."""
     fake = tmp_path / "bin" / "python"
@@ -157,6 +158,7 @@ def run_compare(out: Path, model_cache: Path, *args: str) -> subprocess.Complete
     return subprocess.run(command, capture_output=True, text=True, timeout=400, check=False)
 
 
+@pytest.mark.subprocess
 def test_two_presets_train_and_report(tmp_path: Path, model_cache: Path) -> None:
     out = tmp_path / "cmp"
     done = run_compare(out, model_cache, "--algorithms", "grpo,gspo", "--seeds", "1", "--steps", "2")
@@ -171,6 +173,7 @@ def test_two_presets_train_and_report(tmp_path: Path, model_cache: Path) -> None
         assert len((out / "runs" / run / "metrics.jsonl").read_text().splitlines()) == 2
 
 
+@pytest.mark.subprocess
 def test_a_failed_run_is_reported_and_fails_the_command(tmp_path: Path, model_cache: Path) -> None:
     out = tmp_path / "cmp"
     done = run_compare(

@@ -209,24 +209,28 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.subprocess
 def test_cli_prints_composed_preset():
     out = run_cli("--cfg", "job", "algorithm=gspo")
     assert out.returncode == 0, out.stderr
     assert "policy_loss: gspo" in out.stdout and "clip_low: 0.0003" in out.stdout
 
 
+@pytest.mark.subprocess
 def test_cli_unknown_preset_lists_presets():
     out = run_cli("algorithm=gspoo")
     assert out.returncode != 0
     assert "Could not find 'algorithm/gspoo'" in out.stderr and "gspo_token" in out.stderr
 
 
+@pytest.mark.subprocess
 def test_cli_unknown_registry_name_lists_names():
     out = run_cli("algorithm.policy_loss=nope")
     assert out.returncode == 2
     assert "valid names: clip_cov, gspo, gspo_token, kl_cov, ppo" in out.stderr
 
 
+@pytest.mark.subprocess
 def test_cli_wrong_type_is_rejected_by_schema():
     out = run_cli("algorithm.clip_low=abc")
     assert out.returncode != 0 and "clip_low" in out.stderr

@@ -1,11 +1,15 @@
 """The README's "your own task" example runs as written (with the test suite's tiny-model overrides)."""
 
+import json
 import re
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from conftest import ROOT, TINY
+
+pytestmark = [pytest.mark.subprocess]
 
 
 def readme_block(heading: str) -> str:
@@ -20,5 +24,9 @@ def test_jsonl_and_reward_function_train_with_overrides_alone(tmp_path: Path, mo
     script = script.rstrip() + " " + " ".join([*extra, f"model.cache_dir={model_cache}"]) + "\n"
     done = subprocess.run(["bash", "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
-    lines = (tmp_path / "runs" / "default" / "metrics.jsonl").read_text().splitlines()
-    assert len(lines) == 5
+    rows = [json.loads(line) for line in (tmp_path / "runs" / "default" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4, 5]
+    samples = 3 * 4  # the README's 3 prompts × TINY's rollout.n=4, scored 0 or 1 each
+    for row in rows:
+        assert row["reward/errors"] == 0
+        assert (row["reward/mean"] * samples) == pytest.approx(round(row["reward/mean"] * samples))

@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 from conftest import ROOT
 
+pytestmark = [pytest.mark.subprocess]
+
 pytest.importorskip("trl")
 
 RATIO_LINE = re.compile(r"distrl/TRL throughput ratio: (\d+(?:\.\d+)?)")

@@ -14,6 +14,11 @@ import torch
 
 from distrl.config import RoleResources
 
+#: torch's own thread setter, kept before a vLLM CPU engine in this process replaces
+#: ``torch.set_num_threads`` with a no-op that warns (vllm/v1/worker/cpu_worker.py): with the inline
+#: backend the learner, reference and critic share the driver's process with the engine.
+set_num_threads = torch.set_num_threads
+
 
 def use_cores(resources: RoleResources, role: str, share: int = 1) -> int:
     """Inside an actor: pin this process to ``resources.cores`` (when set) and set torch's thread
@@ -35,7 +40,7 @@ def use_cores(resources: RoleResources, role: str, share: int = 1) -> int:
         threads = max(1, len(os.sched_getaffinity(0)) // share)
     else:
         threads = len(resources.cores) if resources.cores else max(1, math.ceil(resources.cpus))
-    torch.set_num_threads(threads)
+    set_num_threads(threads)
     os.environ["OMP_NUM_THREADS"] = str(threads)
     return threads
 
@@ -50,11 +55,11 @@ def sharing_cores(resources: RoleResources, share: int) -> Iterator[None]:
         yield
         return
     threads = torch.get_num_threads()
-    torch.set_num_threads(max(1, threads // share))
+    set_num_threads(max(1, threads // share))
     try:
         yield
     finally:
-        torch.set_num_threads(threads)
+        set_num_threads(threads)
 
 
 def actor_device(resources: RoleResources, role: str, share: int = 1) -> torch.device:

@@ -1,11 +1,13 @@
 """The inline backend: the whole job in this process, no Ray; a breakpoint in a role stops here."""
 
 import os
+import subprocess
 import sys
 import threading
 from pathlib import Path
 
 import pytest
+from conftest import TINY
 
 from distrl.config import ConfigError
 from distrl.metrics import read_metrics
@@ -49,3 +51,27 @@ def test_inline_trains_in_this_process_and_a_breakpoint_in_a_role_stops_here(tin
 def test_inline_refuses_what_needs_several_processes(overrides, message, tiny_config):
     with pytest.raises(ConfigError, match=message):
         tiny_config("cluster.backend=inline", *overrides)
+
+
+@pytest.mark.subprocess
+def test_inline_with_the_hf_engine_runs_where_neither_ray_nor_vllm_is_installed(model_cache, tmp_path):
+    out = tmp_path / "run"
+    overrides = [*TINY, f"model.cache_dir={model_cache}", f"trainer.output_dir={out}",
+                 "cluster.backend=inline", "rollout=hf", "trainer.total_steps=1"]  # fmt: skip
+    script = f"""
+import sys
+sys.modules["ray"] = None  # `import ray` now raises ImportError, as on a machine without Ray
+sys.modules["vllm"] = None
+from distrl.config import compose_config
+from distrl.trainer import Trainer
+trainer = Trainer(compose_config({overrides!r}))
+try:
+    trainer.fit()
+finally:
+    trainer.shutdown()
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    metrics = read_metrics(out / "metrics.jsonl")
+    assert [m["step"] for m in metrics] == [1]
+    assert metrics[0]["rollout/logprob_diff"] < 1e-3  # HF engine and learner: the same float32 weights

@@ -134,7 +134,8 @@ class Trainer:
         collector = OneStepOffCollector if cfg.trainer.mode == "async" else Collector
         self.collector = collector(cfg, self.backend, self.rollout, self.reward, self.batches, stream,
                                    self.metrics.print)  # fmt: skip
-        self.collector.prompt_values = {int(k): v for k, v in state.get("prompt_values", {}).items()}
+        saved_values = state.get("prompt_values", state.get("pvpo_values", {}))  # the key before the roles split
+        self.collector.prompt_values = {int(k): v for k, v in saved_values.items()}
 
     def _cpus_needed(self) -> int:
         """Logical CPUs for a local Ray instance: every role's bundles, rounded up."""

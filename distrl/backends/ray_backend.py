@@ -43,10 +43,15 @@ def _resolve(value: Any) -> Any:
 
 @ray.remote
 class RoleActor:
-    """One member of a role: ``cls(*args, **kwargs)`` inside a Ray actor."""
+    """One member of a role: ``cls(*args, **kwargs)`` inside a Ray actor. Its logs are prefixed
+    with ``name`` (Ray prints an actor's ``repr``), e.g. ``(learner-1 pid=…)``."""
 
-    def __init__(self, cls: type, args: tuple, kwargs: dict[str, Any]) -> None:
+    def __init__(self, name: str, cls: type, args: tuple, kwargs: dict[str, Any]) -> None:
+        self.name = name
         self.role = cls(*args, **kwargs)
+
+    def __repr__(self) -> str:
+        return self.name
 
     def call(self, method: str, args: tuple, kwargs: dict[str, Any]) -> Any:
         return getattr(self.role, method)(*_resolve(args), **_resolve(kwargs))
@@ -85,7 +90,7 @@ class RayGroup(RoleGroup):
                 )
         self.actors = [
             RoleActor.options(num_cpus=cpus, num_gpus=gpus, scheduling_strategy=self._strategy(i)).remote(
-                cls, tuple(args), {**kwargs, **({"rank": i, "world_size": count} if ranked else {})}
+                f"{role}-{i}", cls, tuple(args), {**kwargs, **({"rank": i, "world_size": count} if ranked else {})}
             )
             for i in range(count)
         ]

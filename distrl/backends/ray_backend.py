@@ -43,8 +43,9 @@ def _resolve(value: Any) -> Any:
 
 @ray.remote
 class RoleActor:
-    """One member of a role: ``cls(*args, **kwargs)`` inside a Ray actor. Its logs are prefixed
-    with ``name`` (Ray prints an actor's ``repr``), e.g. ``(learner-1 pid=…)``."""
+    """One member of a role: ``cls(*args, **kwargs)`` inside a Ray actor. Once built, its logs are
+    prefixed with ``name`` (Ray prints an actor's ``repr``), e.g. ``(learner-1 pid=…)``; while the
+    role is being built they say ``RoleActor``."""
 
     def __init__(self, name: str, cls: type, args: tuple, kwargs: dict[str, Any]) -> None:
         self.name = name

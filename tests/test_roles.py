@@ -194,3 +194,57 @@ def test_the_rollout_role_generates_groups_with_engine_logprobs_and_takes_new_we
     assert rollout.load_weights(weights, 5) == 5
     after = rollout.generate(records[:1], ["z"], n=1, seed=0)
     assert after.sample["policy_version"].tolist() == [5.0]
+
+
+class DeviceCheckingModel(torch.nn.Module):
+    """Stands in for a model on a GPU: its first parameter is on the ``meta`` device, and it raises, as
+    CUDA does, unless every input tensor is there too. It computes its logits on the CPU (a learnable
+    row, the same for every position) so that the roles' code around it runs as usual."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.anchor = torch.nn.Parameter(torch.empty(1, device="meta"))
+        self.row = torch.nn.Parameter(torch.zeros(width))
+        self.calls = 0
+
+    def forward(self, input_ids, attention_mask, position_ids, use_cache=False, logits_to_keep=0):
+        for name, tensor in (
+            ("input_ids", input_ids),
+            ("attention_mask", attention_mask),
+            ("position_ids", position_ids),
+        ):
+            if tensor.device.type != "meta":
+                raise RuntimeError(f"Expected all tensors to be on the same device, but {name} is on {tensor.device}")
+        self.calls += 1
+        rows, length = input_ids.shape
+        keep = logits_to_keep or length
+        return type("Output", (), {"logits": self.row.expand(rows, keep, -1)})()
+
+
+def test_every_roles_forward_moves_the_batch_to_the_models_device(policy):
+    cfg, path = policy
+    batch = fixed_batch()
+    learner, reference, critic = Learner(path, cfg), Reference(path, cfg), Critic(path, cfg)
+    learner.setup()
+    vocab = len(build_tokenizer())
+    learner.model, reference.model, critic.model = (DeviceCheckingModel(w) for w in (vocab, vocab, 1))
+    assert learner.logprobs(batch).shape == batch.response_mask.shape
+    assert reference.logprobs(batch).shape == batch.response_mask.shape
+    values = critic.values(batch)
+    assert learner.update(batch, step=0)["policy/grad_norm"] >= 0
+    batch.token.update(values=values, returns=values + batch.response_mask)
+    critic.update(batch, step=0)
+    assert learner.model.calls >= 2 and reference.model.calls >= 1 and critic.model.calls >= 2
+
+
+def test_the_entropy_keeps_a_graph_only_when_a_loss_uses_it(policy):
+    from distrl.models.forward import response_logprobs
+
+    cfg, path = policy
+    learner = Learner(path, cfg)
+    learner.setup()
+    batch = fixed_batch()
+    logprobs, metric_only = response_logprobs(learner.model, batch, with_entropy=True)
+    assert logprobs.requires_grad and not metric_only.requires_grad
+    _, in_loss = response_logprobs(learner.model, batch, with_entropy=True, entropy_grad=True)
+    assert in_loss.requires_grad and torch.allclose(in_loss.detach(), metric_only)

@@ -214,8 +214,9 @@ class Learner(BusyClock):
         valid = micro.response_mask.to(self.device)
         mask = valid * (1 - micro.sample["truncated"].to(self.device))[:, None] if objective.mask_truncated else valid
         logprobs, entropy = response_logprobs(
-            self.model, micro, temperature=self.cfg.rollout.temperature, with_entropy=True
-        )
+            self.model, micro, temperature=self.cfg.rollout.temperature, with_entropy=True,
+            entropy_grad=objective.entropy_coef > 0,
+        )  # fmt: skip
         logprobs = logprobs.float()
         old_logprobs = move.get("old_logprobs")
         if old_logprobs is None:

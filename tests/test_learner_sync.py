@@ -179,3 +179,23 @@ def test_length_sorted_micro_batches_return_log_probs_in_batch_order(tiny_config
             group.shutdown()
     assert torch.allclose(results[0], results[1], atol=1e-5)
     assert (results[0] != 0).sum() == batch.response_mask.sum()
+
+
+def test_engine_logprobs_are_the_learners_at_any_sampling_temperature(tiny_config):
+    from distrl.data.arithmetic import make_problems
+
+    mismatch = {}
+    for temperature in (1.0, 0.7):
+        cfg = tiny_config("algorithm.kl.coef=0", f"rollout.temperature={temperature}", "rollout.max_new_tokens=8")
+        path = prepare_policy(cfg)
+        learner = Learner(path, cfg)
+        learner.setup()
+        engine = Rollout(path, cfg.rollout, max_model_len=64, seed=0)
+        try:
+            batch = engine.generate(make_problems(4, digits=2, seed=0), ["a", "b", "c", "d"], n=4, seed=0)
+        finally:
+            engine.close()
+        diff = (batch.token["rollout_logprobs"] - learner.logprobs(batch)).abs() * batch.response_mask
+        mismatch[temperature] = float(diff.sum() / batch.response_mask.sum())  # rollout/logprob_diff
+    # the engine reports log-probs of softmax(z / T), the distribution it sampled from, as the learner does
+    assert mismatch[1.0] < 1e-4 and mismatch[0.7] < 1e-4, mismatch

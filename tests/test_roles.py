@@ -6,6 +6,7 @@ import math
 import pytest
 import torch
 
+from distrl.config import compose_config
 from distrl.data.arithmetic import make_problems
 from distrl.data.batch import TrajectoryBatch
 from distrl.models.prepare import prepare_policy
@@ -248,3 +249,51 @@ def test_the_entropy_keeps_a_graph_only_when_a_loss_uses_it(policy):
     assert logprobs.requires_grad and not metric_only.requires_grad
     _, in_loss = response_logprobs(learner.model, batch, with_entropy=True, entropy_grad=True)
     assert in_loss.requires_grad and torch.allclose(in_loss.detach(), metric_only)
+
+
+def changed_fraction(before: dict[str, torch.Tensor], model: torch.nn.Module) -> float:
+    after = model.state_dict()
+    changed = sum(int((after[k].float() != v.float()).sum()) for k, v in before.items())
+    return changed / sum(v.numel() for v in before.values())
+
+
+def test_bf16_compute_with_float32_masters_trains_at_a_real_models_lr(tiny_config):
+    from distrl.models.forward import response_logprobs
+    from distrl.models.loading import load_policy
+
+    cfg = tiny_config("learner.precision=bf16", "learner.lr=1e-6", "algorithm.kl.coef=0")
+    path = prepare_policy(cfg)
+    learner = Learner(path, cfg)
+    learner.setup()
+    seen = []
+    learner.model.lm_head.register_forward_hook(lambda module, args, out: seen.append(out.dtype))
+    before = {k: v.clone() for k, v in learner.model.state_dict().items()}
+    learner.update(fixed_batch(), step=0)
+    assert seen and set(seen) == {torch.bfloat16}  # the matmuls ran in bf16
+    assert all(p.dtype == torch.float32 for p in learner.model.parameters())  # the master weights did not
+    assert all(s["exp_avg"].dtype == torch.float32 for s in learner.optimizer.state.values())
+    mixed = changed_fraction(before, learner.model)
+    # the old setting, pure bf16 (model.dtype=bfloat16 weights under AdamW), on the same loss and lr
+    model = load_policy(path, "bfloat16")
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6, weight_decay=0.0)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    batch = fixed_batch()
+    logprobs, _ = response_logprobs(model, batch)
+    (-(logprobs.float() * batch.token["advantages"]).sum() / batch.response_mask.sum()).backward()
+    optimizer.step()
+    pure = changed_fraction(before, model)
+    assert mixed > 0.5 and pure < 0.1, (mixed, pure)
+
+
+def test_gradient_checkpointing_gives_the_same_update(tiny_config):
+    path = prepare_policy(tiny_config())
+    results = {}
+    for on in (False, True):
+        cfg = tiny_config("algorithm.kl.coef=0", "learner.lr=1e-3", f"learner.gradient_checkpointing={str(on).lower()}")
+        learner = Learner(path, cfg)
+        learner.setup()
+        assert learner.model.is_gradient_checkpointing is on
+        results[on] = learner.update(fixed_batch(), step=0)["policy/grad_norm"]
+    assert results[True] == pytest.approx(results[False], rel=1e-5)
+    assert tiny_config().gradient_checkpointing is False
+    assert compose_config(["model=hf", "model.path=/models/qwen"]).gradient_checkpointing is True

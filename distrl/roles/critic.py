@@ -11,8 +11,8 @@ from distrl.algorithms import value_loss
 from distrl.config import Config
 from distrl.data.batch import TrajectoryBatch
 from distrl.models.forward import response_values, stack_rows
-from distrl.models.loading import load_critic
-from distrl.roles.resources import actor_device, sharing_cores
+from distrl.models.loading import load_critic, set_gradient_checkpointing
+from distrl.roles.resources import actor_device, compute_precision, sharing_cores
 from distrl.roles.timing import BusyClock, busy
 from distrl.roles.update import make_optimizer, run_update
 
@@ -23,7 +23,9 @@ class Critic(BusyClock):
     def __init__(self, model_path: str, cfg: Config, *, state: str | None = None) -> None:
         self.cfg, self.model_path = cfg, model_path
         self.device = actor_device(cfg.cluster.critic, "critic")
-        self.model = load_critic(model_path, cfg.model.dtype).to(self.device)
+        self.model = load_critic(model_path, "float32").to(self.device)  # float32 masters (learner.precision)
+        set_gradient_checkpointing(self.model, cfg.gradient_checkpointing)
+        self.compute = compute_precision(cfg.learner.precision, self.device)
         if state is not None:
             self.model.load_state_dict(torch.load(Path(state) / "critic.pt", map_location="cpu"))
         learner = cfg.learner
@@ -45,7 +47,7 @@ class Critic(BusyClock):
         """V(x, y_<t) ``[B, T]`` for every response token; ``share``: roles computing at the same
         time (see :func:`sharing_cores`)."""
         self.model.eval()
-        with sharing_cores(self.cfg.cluster.critic, share):
+        with sharing_cores(self.cfg.cluster.critic, share), self.compute():
             return stack_rows(
                 batch.micro_batches(self.cfg.learner.micro_batch_tokens),
                 lambda micro: response_values(self.model, micro),
@@ -60,8 +62,10 @@ class Critic(BusyClock):
 
         def micro_loss(micro: TrajectoryBatch, mini: TrajectoryBatch) -> tuple[torch.Tensor, dict[str, float]]:
             mask = micro.response_mask.to(self.device)
+            with self.compute():
+                values = response_values(self.model, micro)
             loss, metrics = value_loss(
-                values=response_values(self.model, micro),
+                values=values,
                 old_values=micro.token["values"].to(self.device),
                 returns=micro.token["returns"].to(self.device),
                 response_mask=mask,

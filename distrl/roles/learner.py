@@ -29,16 +29,16 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 from torch.distributed.device_mesh import init_device_mesh
-from torch.distributed.fsdp import fully_shard
+from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import DTensor
 
 from distrl.algorithms import POLICY_LOSSES, ROLLOUT_CORRECTIONS, aggregate_loss, kl_penalty, policy_loss
-from distrl.config import Config
+from distrl.config import PRECISIONS, Config
 from distrl.data.batch import TrajectoryBatch, shard_bounds
 from distrl.models.flat import FlatWeights
 from distrl.models.forward import response_logprobs, stack_rows
-from distrl.models.loading import load_policy, load_tokenizer
-from distrl.roles.resources import actor_device, sharing_cores
+from distrl.models.loading import decoder_layers, load_policy, load_tokenizer, set_gradient_checkpointing
+from distrl.roles.resources import actor_device, compute_precision, sharing_cores
 from distrl.roles.timing import BusyClock, busy
 from distrl.roles.update import make_optimizer, run_update
 
@@ -109,9 +109,11 @@ class Learner(BusyClock):
 
     def setup(self, address: str | None = None, port: int | None = None, optimizer_state: str | None = None) -> int:
         """Join the process group at ``address:port`` (several ranks only), shard the model, build
-        the optimizer (optionally restored from ``optimizer_state``); returns the parameter count."""
-        model = load_policy(self.model_path, self.cfg.model.dtype).to(self.device)
-        model.gradient_checkpointing_disable()
+        the optimizer (optionally restored from ``optimizer_state``); returns the parameter count.
+        Weights and optimizer state are float32; ``learner.precision=bf16`` computes in bfloat16."""
+        model = load_policy(self.model_path, "float32").to(self.device)
+        set_gradient_checkpointing(model, self.cfg.gradient_checkpointing)
+        self.compute = compute_precision(self.cfg.learner.precision, self.device)
         if self.world_size > 1:  # one rank holds the whole model: FSDP's hooks would only add work
             backend = "nccl" if self.device.type == "cuda" else "gloo"
             os.environ.setdefault("TORCH_NCCL_ASYNC_ERROR_HANDLING", "1")
@@ -119,9 +121,12 @@ class Learner(BusyClock):
                 backend, init_method=f"tcp://{address}:{port}", rank=self.rank, world_size=self.world_size
             )
             mesh = init_device_mesh(self.device.type, (self.world_size,))
-            for layer in model.model.layers:
-                fully_shard(layer, mesh=mesh)
-            model = fully_shard(model, mesh=mesh)
+            mp = MixedPrecisionPolicy(param_dtype=getattr(torch, PRECISIONS[self.cfg.learner.precision]),
+                                      reduce_dtype=torch.float32)  # fmt: skip
+            for layer in decoder_layers(model):
+                fully_shard(layer, mesh=mesh, mp_policy=mp)
+            model = fully_shard(model, mesh=mesh, mp_policy=mp)
+            self.compute = compute_precision("fp32", self.device)  # FSDP casts the parameters itself
         self.model = model
         learner = self.cfg.learner
         self.optimizer, self.scheduler = make_optimizer(
@@ -145,7 +150,7 @@ class Learner(BusyClock):
         ``share``: roles computing at the same time (see :func:`sharing_cores`)."""
         shard = batch.shard(self.rank, self.world_size)
         temperature = self.cfg.rollout.temperature
-        with sharing_cores(self.cfg.cluster.learner, share):
+        with sharing_cores(self.cfg.cluster.learner, share), self.compute():
             return stack_rows(
                 self._micro_batches(batch, shard),
                 lambda micro: response_logprobs(self.model, micro, temperature=temperature)[0],
@@ -213,10 +218,11 @@ class Learner(BusyClock):
         move = {k: v.to(self.device) for k, v in micro.token.items()}
         valid = micro.response_mask.to(self.device)
         mask = valid * (1 - micro.sample["truncated"].to(self.device))[:, None] if objective.mask_truncated else valid
-        logprobs, entropy = response_logprobs(
-            self.model, micro, temperature=self.cfg.rollout.temperature, with_entropy=True,
-            entropy_grad=objective.entropy_coef > 0,
-        )  # fmt: skip
+        with self.compute():
+            logprobs, entropy = response_logprobs(
+                self.model, micro, temperature=self.cfg.rollout.temperature, with_entropy=True,
+                entropy_grad=objective.entropy_coef > 0,
+            )  # fmt: skip
         logprobs = logprobs.float()
         old_logprobs = move.get("old_logprobs")
         if old_logprobs is None:

@@ -1,4 +1,5 @@
-"""How a role uses its CPU cores and which torch device it computes on, from its :class:`RoleResources`.
+"""How a role uses its CPU cores, which torch device it computes on (from its :class:`RoleResources`),
+and in which precision a role that trains computes.
 
 Called inside the process that hosts a role: a Ray actor, or the driver with the inline backend.
 """
@@ -7,12 +8,12 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 
 import torch
 
-from distrl.config import RoleResources
+from distrl.config import PRECISIONS, RoleResources
 
 #: torch's own thread setter, kept before a vLLM CPU engine in this process replaces
 #: ``torch.set_num_threads`` with a no-op that warns (vllm/v1/worker/cpu_worker.py): with the inline
@@ -69,3 +70,12 @@ def actor_device(resources: RoleResources, role: str, share: int = 1) -> torch.d
         return torch.device("cuda")
     use_cores(resources, role, share)
     return torch.device("cpu")
+
+
+def compute_precision(precision: str, device: torch.device) -> Callable[[], AbstractContextManager]:
+    """A context factory for the forward passes of a role that trains: ``torch.autocast`` to bf16
+    for ``precision="bf16"`` (float32 weights, bf16 matmuls), nothing for ``fp32``."""
+    dtype = getattr(torch, PRECISIONS[precision])
+    if dtype == torch.float32:
+        return nullcontext
+    return lambda: torch.autocast(device_type=device.type, dtype=dtype)

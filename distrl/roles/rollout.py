@@ -48,8 +48,9 @@ class VllmEngine:
             seed=seed,
             max_model_len=max_model_len,
             gpu_memory_utilization=cfg.gpu_memory_utilization,
-            enforce_eager=not on_gpu,
+            enforce_eager=cfg.enforce_eager if cfg.enforce_eager is not None else not on_gpu,
             enable_prefix_caching=True,
+            logprobs_mode="processed_logprobs",  # of the temperature-scaled distribution, as the learner's
         )
 
     def generate(self, prompts: Sequence[list[int]], *, n: int, seed: int) -> list[list[Generation]]:
@@ -107,11 +108,13 @@ class VllmEngine:
 
 
 class HFEngine:
-    """Hugging Face ``generate`` with sampling; slow, for fallback and parity tests."""
+    """Hugging Face ``generate`` with sampling; slow, for fallback and parity tests. On the GPU when
+    one is visible (a rollout role with ``cluster.rollout.gpus`` > 0), else on the CPU."""
 
     def __init__(self, model_path: str, cfg: RolloutConfig, *, max_model_len: int, seed: int) -> None:
         self.cfg = cfg
-        self.model = load_policy(model_path).eval()
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.model = load_policy(model_path).to(self.device).eval()
         self.tokenizer = load_tokenizer(model_path)
 
     @torch.no_grad()
@@ -124,8 +127,8 @@ class HFEngine:
         ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows])
         mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
         out = self.model.generate(
-            input_ids=ids,
-            attention_mask=mask,
+            input_ids=ids.to(self.device),
+            attention_mask=mask.to(self.device),
             do_sample=True,
             temperature=self.cfg.temperature,
             top_p=self.cfg.top_p,
@@ -139,7 +142,8 @@ class HFEngine:
         )
         new = out.sequences[:, width:]
         logprobs = torch.log_softmax(torch.stack(out.logits, 1).float() / self.cfg.temperature, -1)
-        token_lp = logprobs.gather(-1, new[..., None]).squeeze(-1)
+        token_lp = logprobs.gather(-1, new[..., None]).squeeze(-1).cpu()
+        new = new.cpu()
         results = []
         for row in range(len(rows)):
             tokens = new[row].tolist()
@@ -155,8 +159,8 @@ class HFEngine:
 
     @torch.no_grad()
     def sequence_logprobs(self, prompt_ids: list[int], response_ids: list[int]) -> list[float]:
-        ids = torch.tensor([prompt_ids + response_ids])
-        logits = self.model(input_ids=ids).logits[0, len(prompt_ids) - 1 : -1].float()
+        ids = torch.tensor([prompt_ids + response_ids], device=self.device)
+        logits = self.model(input_ids=ids).logits[0, len(prompt_ids) - 1 : -1].float().cpu()
         return torch.log_softmax(logits, -1).gather(-1, torch.tensor(response_ids)[:, None]).squeeze(-1).tolist()
 
     def close(self) -> None:

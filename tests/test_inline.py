@@ -18,7 +18,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @pytest.mark.vllm
 def test_inline_trains_in_this_process_and_a_breakpoint_in_a_role_stops_here(tiny_config, monkeypatch):
-    ray = pytest.importorskip("ray")
+    import ray  # a core dependency: installed, and must stay unstarted
+
     assert not ray.is_initialized()
     calls = []
     monkeypatch.setenv("PYTHONBREAKPOINT", "")  # honour sys.breakpointhook even if the user's env disables it

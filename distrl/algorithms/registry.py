@@ -81,10 +81,6 @@ class Registry(Generic[F]):
         """The inputs the entry ``name`` declares (see :data:`INPUTS`)."""
         return self.entry(name).needs
 
-    def with_need(self, need: str) -> frozenset[str]:
-        """The names of the entries that need ``need``."""
-        return frozenset(name for name, entry in self._entries.items() if need in entry.needs)
-
     def names(self) -> list[str]:
         """The registered names, sorted."""
         return sorted(self._entries)

@@ -161,6 +161,10 @@ class ModelConfig:
     """Tiny model: attention heads."""
     intermediate_size: int = 1024
     """Tiny model: MLP width."""
+    trust_remote_code: bool = False
+    """Run the modelling code a model folder or hub repository ships (``auto_map``), in every role and
+    in vLLM. Off: only architectures transformers and vLLM implement load; turn it on only for a
+    model whose code you trust."""
     dtype: str = "float32"
     """dtype of the frozen reference: float32 | bfloat16. The roles that train (learner, critic) keep
     float32 master weights and optimizer state whatever this says, and compute in
@@ -200,6 +204,9 @@ class RolloutConfig:
     max_new_tokens: int = 16
     temperature: float = 1.0
     top_p: float = 1.0
+    tensor_parallel_size: int = 1
+    """GPUs each vLLM engine shards its model over (one worker process per GPU, vLLM's multiprocess
+    executor); each engine's actor then holds ``cluster.rollout.gpus`` = this many GPUs."""
     gpu_memory_utilization: float = 0.1
     """vLLM memory fraction; on the CPU build it is the fraction of host memory (``cluster=gpu`` raises
     it for engines with a GPU of their own: conf/cluster/gpu.yaml)."""
@@ -342,6 +349,9 @@ PRECISIONS = {"fp32": "float32", "bf16": "bfloat16"}
 TINY_MODEL_LR = 3e-4
 #: ``learner.lr`` for a real model (``model.path`` set) when unset.
 REAL_MODEL_LR = 1e-6
+#: The highest ``learner.lr`` validation lets through for a real model: full fine-tuning of a real
+#: model runs at 1e-7–1e-5 (verl's and TRL's RL defaults are 1e-6).
+MAX_REAL_MODEL_LR = 1e-4
 
 
 @dataclass
@@ -514,7 +524,40 @@ def validate(cfg: Config) -> None:
     _check(cfg.learner.precision in PRECISIONS, f"learner.precision={cfg.learner.precision!r} is not fp32 or bf16")
     _check(cfg.model.dtype in ("float32", "bfloat16"), f"model.dtype={cfg.model.dtype!r} is not float32 or bfloat16")
     _check(cfg.trainer.mode in ("sync", "async"), f"trainer.mode={cfg.trainer.mode!r} is not sync or async")
+    _validate_model(cfg)
+    _validate_engines(cfg)
     _validate_backend(cfg)
+
+
+def _validate_model(cfg: Config) -> None:
+    lr = cfg.learner_lr
+    _check(
+        cfg.model.path is None or lr <= MAX_REAL_MODEL_LR,
+        f"learner.lr={lr:g} with model.path={cfg.model.path!r}: a rate this high (the tiny built-in model trains at "
+        f"{TINY_MODEL_LR:g}) wrecks a real model's weights within a few steps; leave learner.lr unset (a real "
+        f"model's default is {REAL_MODEL_LR:g}; model=hf sets the other real-model defaults) or set it to at most "
+        f"{MAX_REAL_MODEL_LR:g}",
+    )
+
+
+def _validate_engines(cfg: Config) -> None:
+    r, gpus = cfg.rollout, cfg.cluster.rollout.gpus
+    _check(r.engine in ("vllm", "hf"), f"rollout.engine={r.engine!r} is not vllm or hf")
+    _check(
+        0.0 < r.gpu_memory_utilization <= 1.0,
+        f"rollout.gpu_memory_utilization={r.gpu_memory_utilization} must be in (0, 1]: the fraction of each "
+        "engine's GPU (host memory on CPU) vLLM may take",
+    )
+    _check(r.tensor_parallel_size >= 1, f"rollout.tensor_parallel_size={r.tensor_parallel_size} must be >= 1")
+    _check(
+        r.tensor_parallel_size == 1 or gpus == 0 or gpus == r.tensor_parallel_size,
+        f"rollout.tensor_parallel_size={r.tensor_parallel_size} runs one vLLM worker per GPU inside each engine's "
+        f"actor, but cluster.rollout.gpus={gpus:g}; set cluster.rollout.gpus={r.tensor_parallel_size}",
+    )
+    _check(
+        r.tensor_parallel_size == 1 or r.engine == "vllm",
+        f"rollout.tensor_parallel_size={r.tensor_parallel_size} needs rollout.engine=vllm (got {r.engine!r})",
+    )
 
 
 def _validate_backend(cfg: Config) -> None:

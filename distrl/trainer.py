@@ -101,7 +101,7 @@ class Trainer:
         self.rollout = group(
             "rollout", Rollout, c.rollout_engines, c.rollout, args=(policy_path, cfg.rollout), ranked=False,
             kwargs={"max_model_len": cfg.data.max_prompt_len + cfg.rollout.max_new_tokens, "seed": cfg.trainer.seed,
-                    "resources": c.rollout},
+                    "resources": c.rollout, "trust_remote_code": cfg.model.trust_remote_code},
         )  # fmt: skip
         self.learner = group("learner", Learner, c.learners, c.learner, args=(policy_path, cfg))
         self.reward = group("reward", Reward, 1, c.reward, args=(cfg,), ranked=False)

@@ -102,6 +102,14 @@ def test_overrides_compose_on_a_preset():
         ),
         (["cluster.learner.threads=-1"], r"cluster.learner.threads=-1 is negative"),
         (["cluster.rollout.cores=[]"], r"cluster.rollout.cores=\[\] must be a non-empty list"),
+        (["rollout.engine=sglang"], r"rollout.engine='sglang' is not vllm or hf"),
+        (["rollout.gpu_memory_utilization=0"], r"rollout.gpu_memory_utilization=0.0 must be in \(0, 1\]"),
+        (["rollout.tensor_parallel_size=0"], r"rollout.tensor_parallel_size=0 must be >= 1"),
+        (
+            ["cluster=gpu", "rollout.tensor_parallel_size=2"],
+            r"tensor_parallel_size=2 runs one vLLM worker per GPU.*set cluster.rollout.gpus=2",
+        ),
+        (["rollout=hf", "rollout.tensor_parallel_size=2"], r"tensor_parallel_size=2 needs rollout.engine=vllm"),
     ],
 )
 def test_validation_errors_name_field_and_fix(overrides, message):
@@ -182,7 +190,26 @@ def test_the_rollout_correction_in_force_gets_the_rollout_logprobs(overrides, co
 def test_learning_rate_defaults_to_the_models_scale():
     assert composed().learner_lr == 3e-4
     assert composed("model=hf", "model.path=/models/qwen").learner_lr == 1e-6
+    assert composed("model.path=/models/qwen").learner_lr == 1e-6  # without model=hf too
     assert composed("learner.lr=1e-5").learner_lr == 1e-5
+
+
+@pytest.mark.parametrize("overrides", [["model.path=/models/qwen"], ["model=hf", "model.path=/models/qwen"]])
+def test_a_real_model_at_the_tiny_models_rate_is_stopped_naming_the_keys(overrides):
+    validate(composed(*overrides))
+    validate(composed(*overrides, "learner.lr=1e-5"))
+    with pytest.raises(ConfigError, match=r"learner.lr=0.0003 with model.path='/models/qwen'.*leave learner.lr unset"):
+        validate(composed(*overrides, "learner.lr=3e-4"))
+    validate(composed("learner.lr=3e-4"))  # the tiny model's own rate
+
+
+def test_model_hf_sets_real_model_defaults():
+    tiny, real = composed(), composed("model=hf", "model.path=Qwen/Qwen2.5-0.5B-Instruct")
+    validate(real)  # a hub id passes validation (the roles load it from the hub cache)
+    assert (real.rollout.max_new_tokens, real.data.max_prompt_len) == (1024, 1024)
+    assert (real.learner.precision, real.learner.warmup_steps, real.model.dtype) == ("bf16", 10, "bfloat16")
+    assert (tiny.rollout.max_new_tokens, tiny.learner.precision, tiny.learner.warmup_steps) == (16, "fp32", 0)
+    assert real.model.trust_remote_code is False
 
 
 @pytest.mark.parametrize(
@@ -231,6 +258,13 @@ def test_cli_unknown_registry_name_lists_names():
 
 
 @pytest.mark.subprocess
+def test_cli_stops_a_real_model_at_the_tiny_rate_before_anything_starts(tmp_path):
+    out = run_cli("model.path=/models/qwen", "learner.lr=3e-4", f"trainer.output_dir={tmp_path}")
+    assert out.returncode == 2 and "learner.lr=0.0003 with model.path='/models/qwen'" in out.stderr
+    assert {p.name for p in tmp_path.iterdir()} <= {".hydra"}  # no run started: no metrics, no checkpoints
+
+
+@pytest.mark.subprocess
 def test_cli_wrong_type_is_rejected_by_schema():
     out = run_cli("algorithm.clip_low=abc")
     assert out.returncode != 0 and "clip_low" in out.stderr
@@ -243,6 +277,20 @@ def test_the_gpu_cluster_preset_gives_each_role_its_gpus_and_vllm_most_of_its_gp
     assert cfg.rollout.gpu_memory_utilization == 0.85
     assert composed().rollout.gpu_memory_utilization == 0.1  # the CPU default is untouched
     assert (cfg.learner_lr, cfg.gradient_checkpointing) == (1e-6, True)
+
+
+GPU_PRESETS = {"gpu_1": 1, "gpu_node": 8, "gpu_2nodes": 16}
+
+
+@pytest.mark.parametrize("preset", sorted(GPU_PRESETS))
+def test_sized_gpu_presets_fit_their_gpus_with_a_whole_gpu_per_learner_rank(preset):
+    cfg = composed(f"cluster={preset}", "model=hf", "model.path=/models/qwen", "algorithm=ppo")
+    validate(cfg)
+    c = cfg.cluster
+    used = c.learners * c.learner.gpus + c.rollout_engines * c.rollout.gpus + c.reference.gpus + c.critic.gpus
+    assert used == GPU_PRESETS[preset]
+    assert c.learners == 1 or c.learner.gpus == 1.0  # FSDP ranks never share a GPU
+    assert cfg.rollout.gpu_memory_utilization <= (c.rollout.gpus if c.rollout.gpus < 1 else 0.9)
 
 
 def test_the_gpu_extra_pins_the_vllm_release_of_the_cpu_build():

@@ -7,6 +7,7 @@ from transformers import AutoModelForCausalLM
 
 from distrl.backends.inline import InlineBackend
 from distrl.data.batch import TrajectoryBatch
+from distrl.data.records import PromptRecord
 from distrl.models.prepare import prepare_policy
 from distrl.models.tiny import build_tokenizer
 from distrl.roles.learner import Learner
@@ -46,8 +47,10 @@ def with_old_logprobs(group, batch):
     return batch
 
 
-def test_engine_logprobs_follow_the_learner_after_a_weight_sync(tiny_config):
-    cfg = tiny_config("learner.lr=0.05", "algorithm.kl.coef=0")
+@pytest.mark.parametrize("tensor_parallel", [1, 2])
+def test_engine_logprobs_follow_the_learner_after_a_weight_sync(tiny_config, tensor_parallel):
+    """With tensor parallelism the weights reach worker processes (vLLM's multiprocess executor)."""
+    cfg = tiny_config("learner.lr=0.05", "algorithm.kl.coef=0", f"rollout.tensor_parallel_size={tensor_parallel}")
     path = prepare_policy(cfg)
     learner = Learner(path, cfg)
     learner.setup()
@@ -67,6 +70,17 @@ def test_engine_logprobs_follow_the_learner_after_a_weight_sync(tiny_config):
 
         assert (after - before).abs().max() > 0.05  # the engine really has new weights
         assert torch.allclose(after, trained, atol=0.03)  # the learner's, up to bf16 rounding
+
+        # sampling is reproducible by the call's seed alone (no per-request seeds)
+        records = [
+            PromptRecord(f"{a}+{b}=", "arithmetic", str(a + b), {}, i) for i, (a, b) in enumerate([(1, 2), (4, 5)])
+        ]
+
+        def responses(seed):
+            return engine.generate(records, ["a", "b"], n=4, seed=seed).response_ids.tolist()
+
+        assert responses(3) == responses(3)
+        assert responses(3) != responses(4)
     finally:
         engine.close()
 

@@ -60,15 +60,17 @@ def decoder_layers(model: PreTrainedModel) -> list[torch.nn.Module]:
     return layers
 
 
-def load_policy(path: str, dtype: str = "float32") -> PreTrainedModel:
-    """The causal LM at ``path``, in ``dtype``."""
-    return AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype])
+def load_policy(path: str, dtype: str = "float32", *, trust_remote_code: bool = False) -> PreTrainedModel:
+    """The causal LM at ``path``, in ``dtype`` (``trust_remote_code``: ``model.trust_remote_code``)."""
+    return AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype], trust_remote_code=trust_remote_code)
 
 
-def load_critic(path: str, dtype: str = "float32") -> PreTrainedModel:
+def load_critic(path: str, dtype: str = "float32", *, trust_remote_code: bool = False) -> PreTrainedModel:
     """The policy's backbone with a fresh one-output head: a token-classification model whose
     logit at each position is V(state). The head starts at zero, so initial values are 0."""
-    model = AutoModelForTokenClassification.from_pretrained(path, num_labels=1, dtype=DTYPES[dtype])
+    model = AutoModelForTokenClassification.from_pretrained(
+        path, num_labels=1, dtype=DTYPES[dtype], trust_remote_code=trust_remote_code
+    )
     head = model.score if hasattr(model, "score") else model.classifier
     torch.nn.init.zeros_(head.weight)
     if head.bias is not None:
@@ -76,9 +78,9 @@ def load_critic(path: str, dtype: str = "float32") -> PreTrainedModel:
     return model
 
 
-def load_tokenizer(path: str):
+def load_tokenizer(path: str, *, trust_remote_code: bool = False):
     """The tokenizer saved beside the model."""
-    return AutoTokenizer.from_pretrained(path)
+    return AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
 
 
 def set_gradient_checkpointing(model: PreTrainedModel, enabled: bool) -> None:

@@ -23,7 +23,8 @@ class Critic(BusyClock):
     def __init__(self, model_path: str, cfg: Config, *, state: str | None = None) -> None:
         self.cfg, self.model_path = cfg, model_path
         self.device = actor_device(cfg.cluster.critic, "critic")
-        self.model = load_critic(model_path, "float32").to(self.device)  # float32 masters (learner.precision)
+        # float32 masters (learner.precision)
+        self.model = load_critic(model_path, "float32", trust_remote_code=cfg.model.trust_remote_code).to(self.device)
         set_gradient_checkpointing(self.model, cfg.gradient_checkpointing)
         self.compute = compute_precision(cfg.learner.precision, self.device)
         if state is not None:

@@ -111,7 +111,9 @@ class Learner(BusyClock):
         """Join the process group at ``address:port`` (several ranks only), shard the model, build
         the optimizer (optionally restored from ``optimizer_state``); returns the parameter count.
         Weights and optimizer state are float32; ``learner.precision=bf16`` computes in bfloat16."""
-        model = load_policy(self.model_path, "float32").to(self.device)
+        model = load_policy(self.model_path, "float32", trust_remote_code=self.cfg.model.trust_remote_code).to(
+            self.device
+        )
         set_gradient_checkpointing(model, self.cfg.gradient_checkpointing)
         self.compute = compute_precision(self.cfg.learner.precision, self.device)
         if self.world_size > 1:  # one rank holds the whole model: FSDP's hooks would only add work
@@ -276,7 +278,7 @@ class Learner(BusyClock):
             return
         path = Path(folder)
         self.model.save_pretrained(path, state_dict=weights, safe_serialization=True)
-        load_tokenizer(self.model_path).save_pretrained(path)
+        load_tokenizer(self.model_path, trust_remote_code=self.cfg.model.trust_remote_code).save_pretrained(path)
         torch.save({"optimizer": optim, "scheduler": self.scheduler.state_dict()}, path / "optimizer.pt")
 
     def close(self) -> None:

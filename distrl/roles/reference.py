@@ -18,7 +18,11 @@ class Reference(BusyClock):
 
     def __init__(self, model_path: str, cfg: Config, *, rank: int = 0, world_size: int = 1) -> None:
         self.device = actor_device(cfg.cluster.reference, "reference")
-        self.model = load_policy(model_path, cfg.model.dtype).to(self.device).eval()
+        self.model = (
+            load_policy(model_path, cfg.model.dtype, trust_remote_code=cfg.model.trust_remote_code)
+            .to(self.device)
+            .eval()
+        )
         self.cfg, self.rank, self.world_size = cfg, rank, world_size
 
     @torch.no_grad()

@@ -34,10 +34,32 @@ class Generation:
     truncated: bool
 
 
-class VllmEngine:
-    """vLLM's offline ``LLM``, in this process (the role sets VLLM_ENABLE_V1_MULTIPROCESSING=0)."""
+def _reseed_worker(worker: object, seed: int) -> None:
+    """Runs on every vLLM worker (``collective_rpc``): seed the RNGs its sampler draws from."""
+    from vllm.utils.torch_utils import set_random_seed
 
-    def __init__(self, model_path: str, cfg: RolloutConfig, *, max_model_len: int, seed: int) -> None:
+    set_random_seed(seed)
+
+
+def _reload_worker(worker: object, weights: FlatWeights) -> None:
+    """Runs on every vLLM worker (``collective_rpc``): load full weights in place; each tensor-parallel
+    rank keeps its shard. The buffer is pickled to workers in other processes (a generator is not)."""
+    worker.reload_weights(weights_iterator=weights.items(), is_checkpoint_format=True)
+
+
+class VllmEngine:
+    """vLLM's offline ``LLM``; its engine core in this process (the role sets
+    VLLM_ENABLE_V1_MULTIPROCESSING=0), its workers too unless ``rollout.tensor_parallel_size`` > 1
+    (then one process per rank, vLLM's multiprocess executor, on the GPUs this actor holds).
+
+    Sampling is reproducible without per-request seeds (which put vLLM's V1 sampler on a
+    per-request path): each :meth:`generate` call first seeds every worker's RNGs with its seed;
+    the batch then draws its noise at once (V1 runner) or each request's seed from that RNG (the
+    V2 runner's hashed noise)."""
+
+    def __init__(
+        self, model_path: str, cfg: RolloutConfig, *, max_model_len: int, seed: int, trust_remote_code: bool = False
+    ) -> None:
         from vllm import LLM
 
         self.cfg = cfg
@@ -47,28 +69,28 @@ class VllmEngine:
             dtype="bfloat16" if on_gpu else "float32",
             seed=seed,
             max_model_len=max_model_len,
+            tensor_parallel_size=cfg.tensor_parallel_size,
+            distributed_executor_backend="mp" if cfg.tensor_parallel_size > 1 else "uni",
             gpu_memory_utilization=cfg.gpu_memory_utilization,
             enforce_eager=cfg.enforce_eager if cfg.enforce_eager is not None else not on_gpu,
             enable_prefix_caching=True,
             logprobs_mode="processed_logprobs",  # of the temperature-scaled distribution, as the learner's
+            trust_remote_code=trust_remote_code,
         )
 
     def generate(self, prompts: Sequence[list[int]], *, n: int, seed: int) -> list[list[Generation]]:
         """``n`` samples per prompt with the sampling settings of ``rollout.*``."""
         from vllm import SamplingParams
 
-        params = [
-            SamplingParams(
-                n=n,
-                max_tokens=self.cfg.max_new_tokens,
-                temperature=self.cfg.temperature,
-                top_p=self.cfg.top_p,
-                logprobs=0,
-                seed=seed + i,
-                ignore_eos=self.cfg.ignore_eos,
-            )
-            for i in range(len(prompts))
-        ]
+        params = SamplingParams(
+            n=n,
+            max_tokens=self.cfg.max_new_tokens,
+            temperature=self.cfg.temperature,
+            top_p=self.cfg.top_p,
+            logprobs=0,
+            ignore_eos=self.cfg.ignore_eos,
+        )
+        self.llm.collective_rpc(_reseed_worker, args=(seed,))
         outputs = self.llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
         return [
             [
@@ -83,9 +105,7 @@ class VllmEngine:
         ]
 
     def load_weights(self, weights: FlatWeights) -> None:
-        self.llm.collective_rpc(
-            "reload_weights", kwargs={"weights_iterator": weights.items(), "is_checkpoint_format": True}
-        )
+        self.llm.collective_rpc(_reload_worker, args=(weights,))
         self.llm.reset_prefix_cache()
 
     def close(self) -> None:
@@ -111,11 +131,13 @@ class HFEngine:
     """Hugging Face ``generate`` with sampling; slow, for fallback and parity tests. On the GPU when
     one is visible (a rollout role with ``cluster.rollout.gpus`` > 0), else on the CPU."""
 
-    def __init__(self, model_path: str, cfg: RolloutConfig, *, max_model_len: int, seed: int) -> None:
+    def __init__(
+        self, model_path: str, cfg: RolloutConfig, *, max_model_len: int, seed: int, trust_remote_code: bool = False
+    ) -> None:
         self.cfg = cfg
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        self.model = load_policy(model_path).to(self.device).eval()
-        self.tokenizer = load_tokenizer(model_path)
+        self.model = load_policy(model_path, trust_remote_code=trust_remote_code).to(self.device).eval()
+        self.tokenizer = load_tokenizer(model_path, trust_remote_code=trust_remote_code)
 
     @torch.no_grad()
     def generate(self, prompts: Sequence[list[int]], *, n: int, seed: int) -> list[list[Generation]]:
@@ -190,6 +212,7 @@ class Rollout(BusyClock):
         seed: int,
         resources: RoleResources | None = None,
         rank: int = 0,
+        trust_remote_code: bool = False,
     ) -> None:
         actor_device(resources or RoleResources(), "rollout")  # cores and threads, before the engine's pools
         # vLLM's engine core in this process (a Ray actor, or the driver with the inline backend)
@@ -199,8 +222,10 @@ class Rollout(BusyClock):
         os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
         logging.getLogger("vllm.model_executor.model_loader.reload.layerwise").addFilter(_RotaryReloadNotice())
         self.cfg = cfg
-        self.tokenizer = load_tokenizer(model_path)
-        self.engine = ENGINES[cfg.engine](model_path, cfg, max_model_len=max_model_len, seed=seed + rank)
+        self.tokenizer = load_tokenizer(model_path, trust_remote_code=trust_remote_code)
+        self.engine = ENGINES[cfg.engine](
+            model_path, cfg, max_model_len=max_model_len, seed=seed + rank, trust_remote_code=trust_remote_code
+        )
         self.version = 0
 
     @busy("generation")

@@ -261,7 +261,7 @@ def test_cli_unknown_registry_name_lists_names():
 def test_cli_stops_a_real_model_at_the_tiny_rate_before_anything_starts(tmp_path):
     out = run_cli("model.path=/models/qwen", "learner.lr=3e-4", f"trainer.output_dir={tmp_path}")
     assert out.returncode == 2 and "learner.lr=0.0003 with model.path='/models/qwen'" in out.stderr
-    assert {p.name for p in tmp_path.iterdir()} <= {".hydra"}  # no run started: no metrics, no checkpoints
+    assert {p.name for p in tmp_path.iterdir()} <= {".hydra", "train.log"}  # no run started: no metrics, no checkpoints
 
 
 @pytest.mark.subprocess

@@ -72,11 +72,15 @@ METRIC_GLOSSARY: dict[str, str] = {
         "Seconds the busiest actor of the phase spent inside its method (measured in the actor): generation, reward, "
         "assemble, old_logprob, reference, values, advantages, update, critic_update, weight_gather, weight_load."
     ),
+    "memory/<phase>_peak_gib": (
+        "Roles on a GPU only: the most GPU memory torch allocated during the phase (GiB), the largest actor's; "
+        "with the inline backend it includes every role's resident weights."
+    ),
     "throughput/tokens_per_s": "Prompt and response tokens processed per wall-clock second of the step, whole cluster.",
     "throughput/generated_tokens_per_s": "Response tokens generated per second of the generation phase, all engines.",
 }
-"""Every metric name distrl logs, with its meaning; ``timing/<phase>_s`` and ``compute/<phase>_s`` stand
-for their whole families."""
+"""Every metric name distrl logs, with its meaning; ``timing/<phase>_s``, ``compute/<phase>_s`` and
+``memory/<phase>_peak_gib`` stand for their whole families."""
 
 PEER_METRIC_NAMES: dict[str, str] = {
     "reward/mean": "TRL `reward`; verl `critic/score/mean`; OpenRLHF `reward`",

@@ -254,7 +254,7 @@ class Trainer:
         sync = self.cfg.trainer.mode == "sync"
         # in async mode the rollout, reward and batch roles are busy with the next batch: leave them
         training_side = [g for g in (self.learner, self.reference, self.critic) if g is not None]
-        compute = self.busy_seconds(self.groups() if sync else training_side)
+        compute, peak_gib = self.busy_seconds(self.groups() if sync else training_side)
         wall = time.perf_counter() - started
         if sync:
             timings["overhead"] = wall - sum(
@@ -266,19 +266,23 @@ class Trainer:
             "rollout/staleness": float(generating_version - collected.oldest_version),
             **{f"timing/{k}_s": v for k, v in timings.items()},
             **{f"compute/{k}_s": v for k, v in compute.items()},
+            **{f"memory/{k}_peak_gib": v for k, v in peak_gib.items()},
             "timing/step_s": wall,
             "throughput/tokens_per_s": (collected.response_tokens + collected.prompt_tokens) / wall,
             "throughput/generated_tokens_per_s": collected.response_tokens / max(timings["generation"], 1e-9),
         }
 
-    def busy_seconds(self, groups: list[RoleGroup]) -> dict[str, float]:
-        """Compute seconds per phase since the last call, the busiest member's for each phase."""
+    def busy_seconds(self, groups: list[RoleGroup]) -> tuple[dict[str, float], dict[str, float]]:
+        """Compute seconds and peak GPU GiB per phase since the last call, each the largest among
+        the groups' members (the GiB only for roles on a GPU)."""
         per_member = self.get([h for g in groups for h in g.call("take_busy")], "any")
-        out: dict[str, float] = {}
+        seconds: dict[str, float] = {}
+        peak: dict[str, float] = {}
         for taken in per_member:
-            for phase, seconds in taken.items():
-                out[phase] = max(out.get(phase, 0.0), seconds)
-        return out
+            for out, values in ((seconds, taken["seconds"]), (peak, taken["peak_gib"])):
+                for phase, value in values.items():
+                    out[phase] = max(out.get(phase, 0.0), value)
+        return seconds, peak
 
     # ------------------------------------------------------------------ outside the step
 

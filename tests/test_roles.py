@@ -173,7 +173,7 @@ def test_the_batch_role_assembles_the_kept_rows_in_order(tiny_config):
     joined = role.assemble([(a, [1, 3]), (b, [0])])
     assert joined.meta["group_ids"] == ["a", "b", "a"]
     assert torch.equal(joined.select([0, 1]).response_ids, assemble([(a, [1, 3])]).response_ids)
-    assert set(role.take_busy()) == {"assemble"}
+    assert set(role.take_busy()["seconds"]) == {"assemble"}
 
 
 def test_the_rollout_role_generates_groups_with_engine_logprobs_and_takes_new_weights(tiny_config):

@@ -26,8 +26,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 logger = logging.getLogger(__name__)
 
@@ -224,6 +222,9 @@ def _read_rows(path: Path) -> Iterator[tuple[int, Any]]:
 
 
 def _parquet_rows(path: Path) -> Iterator[tuple[int, dict]]:
+    import pyarrow as pa  # only for Parquet data: a GPU image without pyarrow still runs JSONL and the built-in task
+    import pyarrow.parquet as pq
+
     try:
         parquet = pq.ParquetFile(path)
         columns = [name for name in RECORD_COLUMNS if name in parquet.schema_arrow.names]

@@ -215,6 +215,11 @@ class RolloutConfig:
     ~20 s of start-up for ~6% speed), graphs on GPU."""
     sync_dtype: str = "bfloat16"
     """dtype of the weights sent to the engines at each sync: bfloat16 | float32."""
+    sync_delta: bool = False
+    """Send only the weights whose ``sync_dtype`` bits changed since the last sync (indices and new
+    values), when that is under half the buffer; engines end up bit-identical to a full sync. At a
+    real model's lr most bf16 weights do not change in a step. Costs one buffer of memory on learner
+    rank 0 and on each engine worker (the last weights sent or loaded)."""
     ignore_eos: bool = False
     """Generate exactly ``max_new_tokens`` per sample, past the end-of-sequence token: a fixed-size
     workload for throughput benchmarks, not for training."""
@@ -335,6 +340,11 @@ class ClusterConfig:
     reward: RoleResources = field(default_factory=lambda: RoleResources(cpus=0.25))
     num_cpus: int | None = None
     """Logical CPUs of a local Ray instance (None: enough for every role). Ignored on a cluster."""
+    weight_sync: str = "auto"
+    """How weights reach the engines. object_store: a value the controller hands from the learner to
+    the engines (on Ray, the object store) | collective: learner rank 0 broadcasts to every engine
+    worker through a process group of its own (NCCL on GPUs, gloo on CPU; Ray backend) | auto:
+    collective when learners and engines each hold whole GPUs of their own, else object_store."""
     backend: str = "ray"
     """ray: each role a group of Ray actors, batches and weights through the object store |
     inline: every role an object in this process, called in order (one learner rank, one engine,
@@ -343,6 +353,8 @@ class ClusterConfig:
 
 #: The truncated-IS cap asynchronous mode uses when ``algorithm.tis_cap`` is unset (TIS-2).
 ASYNC_TIS_CAP = 2.0
+#: ``cluster.weight_sync`` names.
+WEIGHT_SYNCS = ("auto", "object_store", "collective")
 #: ``learner.precision`` names and the compute dtype each stands for.
 PRECISIONS = {"fp32": "float32", "bf16": "bfloat16"}
 #: ``learner.lr`` for the built-in tiny model when unset.
@@ -352,6 +364,8 @@ REAL_MODEL_LR = 1e-6
 #: The highest ``learner.lr`` validation lets through for a real model: full fine-tuning of a real
 #: model runs at 1e-7–1e-5 (verl's and TRL's RL defaults are 1e-6).
 MAX_REAL_MODEL_LR = 1e-4
+#: From this many parameters on, ``model.path`` is a real model for :func:`check_learning_rate`.
+REAL_MODEL_PARAMETERS = 100_000_000
 
 
 @dataclass
@@ -395,6 +409,15 @@ class Config:
         if self.learner.lr is not None:
             return self.learner.lr
         return TINY_MODEL_LR if self.model.path is None else REAL_MODEL_LR
+
+    @property
+    def weight_sync(self) -> str:
+        """The weight-sync path in force (see :attr:`ClusterConfig.weight_sync`)."""
+        c = self.cluster
+        if c.weight_sync != "auto":
+            return c.weight_sync
+        whole_gpus = c.learner.gpus >= 1 and c.rollout.gpus >= 1
+        return "collective" if whole_gpus and c.backend == "ray" else "object_store"
 
     @property
     def gradient_checkpointing(self) -> bool:
@@ -524,19 +547,21 @@ def validate(cfg: Config) -> None:
     _check(cfg.learner.precision in PRECISIONS, f"learner.precision={cfg.learner.precision!r} is not fp32 or bf16")
     _check(cfg.model.dtype in ("float32", "bfloat16"), f"model.dtype={cfg.model.dtype!r} is not float32 or bfloat16")
     _check(cfg.trainer.mode in ("sync", "async"), f"trainer.mode={cfg.trainer.mode!r} is not sync or async")
-    _validate_model(cfg)
     _validate_engines(cfg)
     _validate_backend(cfg)
 
 
-def _validate_model(cfg: Config) -> None:
+def check_learning_rate(cfg: Config, parameters: int) -> None:
+    """Stop a real model (``parameters`` ≥ :data:`REAL_MODEL_PARAMETERS`, counted from its config by
+    :func:`~distrl.models.prepare.prepare_policy` before any role starts) at a rate above
+    :data:`MAX_REAL_MODEL_LR`: the tiny model's rate, copied to a real one, wrecks its weights."""
     lr = cfg.learner_lr
     _check(
-        cfg.model.path is None or lr <= MAX_REAL_MODEL_LR,
-        f"learner.lr={lr:g} with model.path={cfg.model.path!r}: a rate this high (the tiny built-in model trains at "
-        f"{TINY_MODEL_LR:g}) wrecks a real model's weights within a few steps; leave learner.lr unset (a real "
-        f"model's default is {REAL_MODEL_LR:g}; model=hf sets the other real-model defaults) or set it to at most "
-        f"{MAX_REAL_MODEL_LR:g}",
+        parameters < REAL_MODEL_PARAMETERS or lr <= MAX_REAL_MODEL_LR,
+        f"learner.lr={lr:g} with model.path={cfg.model.path!r} ({parameters / 1e6:.0f}M parameters): a rate this "
+        f"high (the tiny built-in model trains at {TINY_MODEL_LR:g}) wrecks a real model's weights within a few "
+        f"steps; leave learner.lr unset (a real model's default is {REAL_MODEL_LR:g}; model=hf sets the other "
+        f"real-model defaults) or set it to at most {MAX_REAL_MODEL_LR:g}",
     )
 
 
@@ -563,6 +588,14 @@ def _validate_engines(cfg: Config) -> None:
 def _validate_backend(cfg: Config) -> None:
     c = cfg.cluster
     _check(c.backend in ("ray", "inline"), f"cluster.backend={c.backend!r} is not ray or inline")
+    _check(
+        c.weight_sync in WEIGHT_SYNCS, f"cluster.weight_sync={c.weight_sync!r} is not one of {', '.join(WEIGHT_SYNCS)}"
+    )
+    _check(
+        not (c.backend == "inline" and c.weight_sync == "collective"),
+        "cluster.weight_sync=collective broadcasts from the learner while the engines receive, at the same time, "
+        "but cluster.backend=inline calls one role after another; use cluster.weight_sync=object_store (or auto)",
+    )
     if c.backend != "inline":
         return
     _check(

@@ -76,6 +76,10 @@ METRIC_GLOSSARY: dict[str, str] = {
         "Roles on a GPU only: the most GPU memory torch allocated during the phase (GiB), the largest actor's; "
         "with the inline backend it includes every role's resident weights."
     ),
+    "weight_sync/bytes": (
+        "Bytes of weights sent to each engine at the step's sync: the whole buffer in rollout.sync_dtype, or the "
+        "changed words and their indices (rollout.sync_delta); its seconds are timing/weight_sync_s."
+    ),
     "throughput/tokens_per_s": "Prompt and response tokens processed per wall-clock second of the step, whole cluster.",
     "throughput/generated_tokens_per_s": "Response tokens generated per second of the generation phase, all engines.",
 }

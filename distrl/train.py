@@ -33,6 +33,9 @@ def run(cfg: DictConfig) -> None:
     try:
         trainer = Trainer(config)
         trainer.fit()
+    except ConfigError as err:  # found by the cheap checks that read the data and the model's config
+        print(f"distrl: config error: {err}", file=sys.stderr)
+        sys.exit(2)
     except (TrainingError, FileNotFoundError, ValueError) as err:
         print(f"distrl: {err}", file=sys.stderr)
         sys.exit(1)

@@ -27,6 +27,7 @@ from distrl.roles.reference import Reference
 from distrl.roles.reward import Reward
 from distrl.roles.rollout import Rollout
 from distrl.roles.timing import timed
+from distrl.roles.weight_sync import SyncGroup
 
 __all__ = ["NonFiniteGuard", "Trainer", "TrainingError", "load_prompts"]
 
@@ -119,6 +120,9 @@ class Trainer:
             address, port = self.learner.node_address(0), self.get(self.learner.call_rank(0, "free_port"), "learner")
         optimizer_state = str(self.resumed / "optimizer.pt") if self.resumed else None
         self.get(self.learner.call("setup", address, port, optimizer_state), "learner")
+        if cfg.weight_sync == "collective":
+            self.join_weight_sync()
+        self.sync_bytes, self.full_sync_next = 0, False
         self.version = self.start_step
         self.get(self.rollout.call("set_version", self.version), "rollout")
 
@@ -233,11 +237,38 @@ class Trainer:
         metrics = {k: sum(r[k] for r in ranks) / len(ranks) for k in ranks[0]}
         return {**metrics, **(self.get(critic, "critic")[0] if critic else {})}
 
+    def join_weight_sync(self) -> None:
+        """Build the weight-sync process group: learner rank 0, then every engine's workers in turn
+        (all join at once; each waits for the others)."""
+        dtype = self.cfg.rollout.sync_dtype
+        address = self.learner.node_address(0)
+        port, layout = self.get([self.learner.call_rank(0, "free_port"),
+                                 self.learner.call_rank(0, "weight_layout", dtype)], "learner")  # fmt: skip
+        ranks = self.get(self.rollout.call("sync_ranks"), "rollout")
+        on_gpu = self.cfg.cluster.learner.gpus > 0
+        group = SyncGroup(address, port, 1 + sum(ranks), "nccl" if on_gpu else "gloo")
+        first = [1 + sum(ranks[:e]) for e in range(len(ranks))]
+        joins = self.learner.call("join_weight_sync", group)
+        joins += [self.rollout.call_rank(e, "join_weight_sync", group, first[e], layout) for e in range(len(ranks))]
+        self.get(joins, "learner or rollout")
+
     def sync_weights(self) -> None:
-        """Learner rank 0's full weights → one flat buffer → every rollout engine; bump the version."""
-        weights = self.learner.call("state_dict", self.cfg.rollout.sync_dtype)
+        """Learner rank 0's weights (the whole flat buffer, or what changed) → every rollout engine,
+        through the object store or the weight-sync group; bump the version."""
+        dtype, full = self.cfg.rollout.sync_dtype, self.full_sync_next
         self.version += 1
-        self.get(self.rollout.call("load_weights", weights[0], self.version), "rollout")
+        if self.cfg.weight_sync == "collective":
+            sent = self.learner.call("broadcast_weights", dtype, full)
+            loaded = self.rollout.call("receive_weights", self.version)
+            self.sync_bytes = self.get(sent + loaded, "learner or rollout")[0]
+        else:
+            update, nbytes = self.learner.call_rank(0, "weights_update", dtype, full, num_returns=2)
+            others = [
+                self.learner.call_rank(r, "weights_update", dtype, full) for r in range(1, self.cfg.cluster.learners)
+            ]
+            loaded = self.rollout.call("load_weights", update, self.version)
+            self.sync_bytes = self.get([nbytes, *others, *loaded], "learner or rollout")[0]
+        self.full_sync_next = False
 
     def adapt_kl_coef(self, metrics: dict[str, float], samples: int) -> None:
         """The adaptive KL controller (when ``algorithm.kl.target`` is set) after a step."""
@@ -268,6 +299,7 @@ class Trainer:
             **{f"compute/{k}_s": v for k, v in compute.items()},
             **{f"memory/{k}_peak_gib": v for k, v in peak_gib.items()},
             "timing/step_s": wall,
+            "weight_sync/bytes": float(self.sync_bytes),
             "throughput/tokens_per_s": (collected.response_tokens + collected.prompt_tokens) / wall,
             "throughput/generated_tokens_per_s": collected.response_tokens / max(timings["generation"], 1e-9),
         }
@@ -293,6 +325,7 @@ class Trainer:
         cfg = self.cfg
         reference = self.reference.call_rank(0, "state_dict", cfg.rollout.sync_dtype)
         self.get(self.rollout.call("load_weights", reference, self.version), "rollout")
+        self.full_sync_next = True  # the engines hold the reference's weights, which no delta applies to
         values = self.collector.estimate_prompt_values(
             self.records, cfg.algorithm.pvpo_samples, seed=cfg.trainer.seed + 7
         )

@@ -194,13 +194,31 @@ def test_learning_rate_defaults_to_the_models_scale():
     assert composed("learner.lr=1e-5").learner_lr == 1e-5
 
 
-@pytest.mark.parametrize("overrides", [["model.path=/models/qwen"], ["model=hf", "model.path=/models/qwen"]])
-def test_a_real_model_at_the_tiny_models_rate_is_stopped_naming_the_keys(overrides):
-    validate(composed(*overrides))
-    validate(composed(*overrides, "learner.lr=1e-5"))
-    with pytest.raises(ConfigError, match=r"learner.lr=0.0003 with model.path='/models/qwen'.*leave learner.lr unset"):
-        validate(composed(*overrides, "learner.lr=3e-4"))
-    validate(composed("learner.lr=3e-4"))  # the tiny model's own rate
+def qwen_half_b_config(folder: Path) -> Path:
+    """A folder with only the config.json of a Qwen2.5-0.5B-shaped model (494M parameters)."""
+    from transformers import Qwen2Config
+
+    config = Qwen2Config(vocab_size=151936, hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
+                         num_attention_heads=14, num_key_value_heads=2, tie_word_embeddings=True)  # fmt: skip
+    config.save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.parametrize("overrides", [[], ["model=hf"]])
+def test_a_real_model_at_the_tiny_models_rate_is_stopped_naming_the_keys(overrides, tmp_path):
+    from distrl.config import check_learning_rate
+    from distrl.models.loading import count_parameters
+
+    path = str(qwen_half_b_config(tmp_path))
+    parameters = count_parameters(path)
+    assert 490e6 < parameters < 500e6
+    check_learning_rate(composed(*overrides, f"model.path={path}"), parameters)  # unset: 1e-6
+    check_learning_rate(composed(*overrides, f"model.path={path}", "learner.lr=1e-5"), parameters)
+    with pytest.raises(
+        ConfigError, match=r"learner.lr=0.0003 with model.path=.*\(494M parameters\).*leave learner.lr unset"
+    ):
+        check_learning_rate(composed(*overrides, f"model.path={path}", "learner.lr=3e-4"), parameters)
+    check_learning_rate(composed(f"model.path={path}", "learner.lr=3e-4"), 4_000_000)  # a tiny model in a folder
 
 
 def test_model_hf_sets_real_model_defaults():
@@ -259,9 +277,10 @@ def test_cli_unknown_registry_name_lists_names():
 
 @pytest.mark.subprocess
 def test_cli_stops_a_real_model_at_the_tiny_rate_before_anything_starts(tmp_path):
-    out = run_cli("model.path=/models/qwen", "learner.lr=3e-4", f"trainer.output_dir={tmp_path}")
-    assert out.returncode == 2 and "learner.lr=0.0003 with model.path='/models/qwen'" in out.stderr
-    assert {p.name for p in tmp_path.iterdir()} <= {".hydra", "train.log"}  # no run started: no metrics, no checkpoints
+    model = qwen_half_b_config(tmp_path / "model")  # a config and no weights: the check reads nothing else
+    out = run_cli(f"model.path={model}", "learner.lr=3e-4", f"trainer.output_dir={tmp_path / 'run'}")
+    assert out.returncode == 2 and f"learner.lr=0.0003 with model.path='{model}' (494M parameters)" in out.stderr
+    assert {p.name for p in (tmp_path / "run").iterdir()} <= {".hydra", "train.log"}  # no metrics, no checkpoints
 
 
 @pytest.mark.subprocess

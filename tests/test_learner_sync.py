@@ -170,12 +170,12 @@ def test_ignore_eos_generates_exactly_max_new_tokens(tiny_config):
         path = prepare_policy(cfg)  # warm-started: it has learned to end its answers with EOS
         engine = Rollout(path, cfg.rollout, max_model_len=64, seed=0)
         try:
-            batch = engine.generate(make_problems(3, digits=2, seed=0), ["a", "b", "c"], n=2, seed=0)
+            batch = engine.generate(make_problems(4, digits=2, seed=0), ["a", "b", "c", "d"], n=8, seed=0)
         finally:
             engine.close()
         lengths[ignore] = batch.response_lengths.tolist()
     assert min(lengths[False]) < 12  # without the flag some answers end early
-    assert lengths[True] == [12.0] * 6
+    assert lengths[True] == [12.0] * 32
 
 
 def test_length_sorted_micro_batches_return_log_probs_in_batch_order(tiny_config):

@@ -125,10 +125,33 @@ def test_ray_and_inline_backends_give_the_same_steps(tiny_config, tmp_path):
     assert results["ray"][1]["policy/kl_ref"] > 0  # the policy moved away from the reference
 
 
+def test_collective_delta_sync_gives_the_same_steps_as_the_object_store(tiny_config, tmp_path):
+    """Ray, learner rank 0 broadcasting deltas over gloo, against one process handing the same deltas over."""
+    runs = {
+        "collective": ["cluster.backend=ray", "cluster.weight_sync=collective", "rollout.sync_delta=true"],
+        "object_store": ["cluster.backend=inline", "cluster.weight_sync=object_store", "rollout.sync_delta=true"],
+    }
+    results = {}
+    for name, overrides in runs.items():
+        cfg = tiny_config(*overrides, SPREAD, "learner.lr=1e-6", "trainer.total_steps=3",
+                          f"trainer.output_dir={tmp_path / name}")  # fmt: skip
+        trainer, results[name] = train(cfg)
+        assert trainer.cfg.weight_sync == name
+    collective, whole = results["collective"], results["object_store"]
+    for step in range(3):
+        assert collective[step]["reward/mean"] == whole[step]["reward/mean"], step  # the same samples
+        assert collective[step]["rollout/logprob_diff"] == pytest.approx(whole[step]["rollout/logprob_diff"], abs=1e-6)
+        assert collective[step]["rollout/logprob_diff"] < 1e-2  # the engine holds the learner's bf16 weights
+    sent = [m["weight_sync/bytes"] for m in collective]
+    assert sent == [m["weight_sync/bytes"] for m in whole]
+    assert 0 < sent[2] < sent[0] / 2  # the first sync sends the whole buffer, then what changed at lr 1e-6
+
+
 def test_dynamic_sampling_without_any_reward_spread_stops_naming_the_fix_and_keeps_the_steps_done(tiny_config):
     cfg = tiny_config(
         "algorithm=dapo", f"reward.function={ROOT / 'tests/fixtures/coin_reward.py'}:spread_then_constant",
         "algorithm.max_sampling_rounds=2", "trainer.total_steps=4",
+        "algorithm.overlong=null",  # DAPO's length penalty would give responses of different lengths a spread
     )  # fmt: skip
     message = r"no prompt had a reward spread in 2 sampling round.*dynamic_sampling"
     with pytest.raises(TrainingError, match=message) as err:

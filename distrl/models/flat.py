@@ -21,6 +21,33 @@ ALIGN = 64
 
 
 @dataclass
+class FlatLayout:
+    """Where each tensor of a flat buffer sits: ``names[i]`` of ``shapes[i]`` in ``dtype`` at byte
+    ``offsets[i]``, ``nbytes`` in all (a :class:`FlatWeights` without its bytes)."""
+
+    names: list[str]
+    shapes: list[tuple[int, ...]]
+    offsets: list[int]
+    dtype: str
+    nbytes: int
+
+    @classmethod
+    def for_shapes(cls, shapes: dict[str, torch.Size], dtype: torch.dtype) -> FlatLayout:
+        """Tensors of these names and shapes one after another, each at an :data:`ALIGN`-byte offset."""
+        item = torch.empty((), dtype=dtype).element_size()
+        offsets, size = [], 0
+        for shape in shapes.values():
+            offsets.append(size)
+            size += -(-int(np.prod(shape, dtype=np.int64)) * item // ALIGN) * ALIGN
+        return cls(list(shapes), [tuple(s) for s in shapes.values()], offsets, str(dtype).removeprefix("torch."), size)
+
+    def zeros(self) -> FlatWeights:
+        """A zero-filled buffer of this layout (the alignment padding stays zero, so two buffers of
+        the same weights are byte-equal)."""
+        return FlatWeights(self.names, self.shapes, self.offsets, self.dtype, np.zeros(self.nbytes, dtype=np.uint8))
+
+
+@dataclass
 class FlatWeights:
     """Tensors ``names[i]`` of ``shapes[i]`` in ``dtype`` at byte ``offsets[i]`` of ``buffer``."""
 
@@ -32,19 +59,12 @@ class FlatWeights:
 
     @classmethod
     def allocate(cls, shapes: dict[str, torch.Size], dtype: torch.dtype) -> FlatWeights:
-        """An uninitialised buffer laid out for tensors of these names and shapes."""
-        item = torch.empty((), dtype=dtype).element_size()
-        offsets, size = [], 0
-        for shape in shapes.values():
-            offsets.append(size)
-            size += -(-int(np.prod(shape, dtype=np.int64)) * item // ALIGN) * ALIGN
-        return cls(
-            names=list(shapes),
-            shapes=[tuple(s) for s in shapes.values()],
-            offsets=offsets,
-            dtype=str(dtype).removeprefix("torch."),
-            buffer=np.empty(size, dtype=np.uint8),
-        )
+        """A zero-filled buffer laid out for tensors of these names and shapes (:meth:`FlatLayout.for_shapes`)."""
+        return FlatLayout.for_shapes(shapes, dtype).zeros()
+
+    @property
+    def layout(self) -> FlatLayout:
+        return FlatLayout(list(self.names), list(self.shapes), list(self.offsets), self.dtype, self.nbytes)
 
     @classmethod
     def from_tensors(cls, tensors: dict[str, torch.Tensor], dtype: torch.dtype) -> FlatWeights:

@@ -6,7 +6,13 @@ import re
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoModelForTokenClassification, AutoTokenizer, PreTrainedModel
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoModelForTokenClassification,
+    AutoTokenizer,
+    PreTrainedModel,
+)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -58,6 +64,15 @@ def decoder_layers(model: PreTrainedModel) -> list[torch.nn.Module]:
             f"{sorted(names)}); use cluster.learners=1, or a model class that names its layers there"
         )
     return layers
+
+
+def count_parameters(path: str, *, trust_remote_code: bool = False) -> int:
+    """The parameter count of the causal LM at ``path``, from its config alone (built on the meta
+    device: no weights are read)."""
+    config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+    return model.num_parameters()
 
 
 def load_policy(path: str, dtype: str = "float32", *, trust_remote_code: bool = False) -> PreTrainedModel:

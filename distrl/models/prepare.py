@@ -5,9 +5,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from distrl.config import Config
+from distrl.config import Config, check_learning_rate
 from distrl.data.arithmetic import make_problems
-from distrl.models.loading import check_model_path
+from distrl.models.loading import check_model_path, count_parameters
 from distrl.models.tiny import build_tiny_model
 from distrl.models.warm_start import publish, warm_start
 
@@ -16,10 +16,12 @@ WARM_START_SEED_OFFSET = 10_007
 
 
 def prepare_policy(cfg: Config) -> str:
-    """The folder of the initial policy. With ``model.path`` unset, build the tiny model (cached by
+    """The folder of the initial policy (a given ``model.path`` is checked: it exists, and a real
+    model's learning rate is a real model's). With ``model.path`` unset, build the tiny model (cached by
     its sizes) and warm-start it on the built-in task (cached by everything that determines it)."""
     if cfg.model.path is not None:
         check_model_path(cfg.model.path)
+        check_learning_rate(cfg, count_parameters(cfg.model.path, trust_remote_code=cfg.model.trust_remote_code))
         return cfg.model.path
     m = cfg.model
     cache = Path(m.cache_dir).expanduser()

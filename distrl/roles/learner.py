@@ -35,12 +35,13 @@ from torch.distributed.tensor import DTensor
 from distrl.algorithms import POLICY_LOSSES, ROLLOUT_CORRECTIONS, aggregate_loss, kl_penalty, policy_loss
 from distrl.config import PRECISIONS, Config
 from distrl.data.batch import TrajectoryBatch, shard_bounds
-from distrl.models.flat import FlatWeights
+from distrl.models.flat import FlatLayout, FlatWeights
 from distrl.models.forward import response_logprobs, stack_rows
 from distrl.models.loading import decoder_layers, load_policy, load_tokenizer, set_gradient_checkpointing
 from distrl.roles.resources import actor_device, compute_precision, sharing_cores
 from distrl.roles.timing import BusyClock, busy
 from distrl.roles.update import make_optimizer, run_update
+from distrl.roles.weight_sync import DeltaEncoder, SyncGroup, WeightUpdate, send_update
 
 FULL_STATE = StateDictOptions(full_state_dict=True, cpu_offload=True)
 
@@ -102,6 +103,8 @@ class Learner(BusyClock):
         self.model_path = model_path
         self.device = actor_device(cfg.cluster.learner, "learner", share=world_size)
         self.objective = PolicyObjective.from_config(cfg)
+        self.encoder = DeltaEncoder(delta=cfg.rollout.sync_delta)
+        self.sync_group: dist.ProcessGroup | None = None
 
     def free_port(self) -> int:
         """A free port on this rank's node, for the process group's rendezvous (rank 0)."""
@@ -269,6 +272,32 @@ class Learner(BusyClock):
             if flat is not None:
                 flat.view(i).copy_(full.detach())
         return flat
+
+    def weight_layout(self, dtype: str) -> FlatLayout:
+        """The layout of :meth:`state_dict`'s buffer (names, shapes, offsets), without gathering."""
+        return FlatLayout.for_shapes({k: v.shape for k, v in self.model.state_dict().items()}, getattr(torch, dtype))
+
+    def weights_update(self, dtype: str, full: bool = False) -> tuple[WeightUpdate | None, int]:
+        """The next weight sync's payload on rank 0 (a collective) and its size in bytes: the whole
+        buffer, or with ``rollout.sync_delta`` the words changed since the last one (``full``: the
+        whole buffer regardless). Other ranks: ``(None, 0)``."""
+        flat = self.state_dict(dtype)
+        if flat is None:
+            return None, 0
+        update = self.encoder.encode(flat, full=full)
+        return update, update.nbytes
+
+    def join_weight_sync(self, group: SyncGroup) -> None:
+        """Rank 0 joins the weight-sync process group as its rank 0 (blocks until every engine worker joins)."""
+        if self.rank == 0:
+            self.sync_group = group.join(0)
+
+    def broadcast_weights(self, dtype: str, full: bool = False) -> int:
+        """:meth:`weights_update`, broadcast through the weight-sync group; returns the bytes sent."""
+        update, nbytes = self.weights_update(dtype, full)
+        if update is not None:
+            send_update(self.sync_group, update)
+        return nbytes
 
     def save(self, folder: str) -> None:
         """Write a Hugging Face folder (weights, config, tokenizer) plus ``optimizer.pt`` (collective)."""

@@ -19,10 +19,11 @@ import torch
 from distrl.config import RoleResources, RolloutConfig
 from distrl.data.batch import TrajectoryBatch
 from distrl.data.records import PromptRecord, render_prompt
-from distrl.models.flat import FlatWeights
+from distrl.models.flat import FlatLayout, FlatWeights
 from distrl.models.loading import load_policy, load_tokenizer
 from distrl.roles.resources import actor_device
 from distrl.roles.timing import BusyClock, busy
+from distrl.roles.weight_sync import ShadowWeights, SyncGroup, WeightUpdate, receive_update
 
 
 @dataclass
@@ -44,6 +45,18 @@ def _reseed_worker(worker: object, seed: int) -> None:
 def _reload_worker(worker: object, weights: FlatWeights) -> None:
     """Runs on every vLLM worker (``collective_rpc``): load full weights in place; each tensor-parallel
     rank keeps its shard. The buffer is pickled to workers in other processes (a generator is not)."""
+    worker.reload_weights(weights_iterator=weights.items(), is_checkpoint_format=True)
+
+
+def _join_sync_worker(worker: object, group: SyncGroup, first_rank: int, layout: FlatLayout, keep: bool) -> None:
+    """Runs on every vLLM worker: join the weight-sync group as rank ``first_rank`` + its TP rank."""
+    worker.distrl_sync = (group.join(first_rank + worker.rank), layout, ShadowWeights(keep=keep))
+
+
+def _receive_worker(worker: object) -> None:
+    """Runs on every vLLM worker: receive the learner's broadcast update and load the result."""
+    group, layout, shadow = worker.distrl_sync
+    weights = shadow.apply(receive_update(group, layout))
     worker.reload_weights(weights_iterator=weights.items(), is_checkpoint_format=True)
 
 
@@ -106,6 +119,18 @@ class VllmEngine:
 
     def load_weights(self, weights: FlatWeights) -> None:
         self.llm.collective_rpc(_reload_worker, args=(weights,))
+        self.llm.reset_prefix_cache()
+
+    @property
+    def sync_ranks(self) -> int:
+        """Ranks this engine takes in the weight-sync group: one per worker."""
+        return self.cfg.tensor_parallel_size
+
+    def join_weight_sync(self, group: SyncGroup, first_rank: int, layout: FlatLayout, keep: bool) -> None:
+        self.llm.collective_rpc(_join_sync_worker, args=(group, first_rank, layout, keep))
+
+    def receive_weights(self) -> None:
+        self.llm.collective_rpc(_receive_worker)
         self.llm.reset_prefix_cache()
 
     def close(self) -> None:
@@ -179,6 +204,15 @@ class HFEngine:
         for name, tensor in weights.items():
             params[name].copy_(tensor)
 
+    sync_ranks = 1
+
+    def join_weight_sync(self, group: SyncGroup, first_rank: int, layout: FlatLayout, keep: bool) -> None:
+        self.sync = (group.join(first_rank), layout, ShadowWeights(keep=keep))
+
+    def receive_weights(self) -> None:
+        group, layout, shadow = self.sync
+        self.load_weights(shadow.apply(receive_update(group, layout)))
+
     @torch.no_grad()
     def sequence_logprobs(self, prompt_ids: list[int], response_ids: list[int]) -> list[float]:
         ids = torch.tensor([prompt_ids + response_ids], device=self.device)
@@ -227,6 +261,7 @@ class Rollout(BusyClock):
             model_path, cfg, max_model_len=max_model_len, seed=seed + rank, trust_remote_code=trust_remote_code
         )
         self.version = 0
+        self.shadow = ShadowWeights(keep=cfg.sync_delta)
 
     @busy("generation")
     def generate(self, records: list[PromptRecord], group_ids: list[str], *, n: int, seed: int) -> TrajectoryBatch:
@@ -260,9 +295,29 @@ class Rollout(BusyClock):
         self.version = version
 
     @busy("weight_load")
-    def load_weights(self, weights: FlatWeights, version: int) -> int:
-        """Load full weights (Ray resolves the object reference, zero-copy) and adopt its version."""
+    def load_weights(self, weights: WeightUpdate | FlatWeights, version: int) -> int:
+        """Load the learner's update (Ray resolves the object reference, zero-copy), or whole weights
+        from elsewhere (the reference's, for PVPO), and adopt ``version``."""
+        if isinstance(weights, FlatWeights):
+            self.shadow.forget()
+        else:
+            weights = self.shadow.apply(weights)
         self.engine.load_weights(weights)
+        self.version = version
+        return version
+
+    def sync_ranks(self) -> int:
+        """Ranks this engine takes in the weight-sync group (its vLLM workers)."""
+        return self.engine.sync_ranks
+
+    def join_weight_sync(self, group: SyncGroup, first_rank: int, layout: FlatLayout) -> None:
+        """Join the weight-sync group (``cluster.weight_sync=collective``) from rank ``first_rank`` on."""
+        self.engine.join_weight_sync(group, first_rank, layout, keep=self.cfg.sync_delta)
+
+    @busy("weight_load")
+    def receive_weights(self, version: int) -> int:
+        """Receive the update learner rank 0 broadcasts, load it, and adopt ``version``."""
+        self.engine.receive_weights()
         self.version = version
         return version
 

@@ -196,7 +196,8 @@ def run(workload_name: str, warmup: int, steps: int, extra: list[str], compare_e
         "compute_s": compute,
         "overhead_s": overhead,
         "overhead_frac": overhead / step_s,
-        "weight_sync_bytes": sync_bytes,
+        "weight_buffer_bytes": sync_bytes,
+        "weight_sync_bytes": median(rows, "weight_sync/bytes"),
         "weight_sync_s": phases["weight_sync"],
         "weight_sync_transfer_s": transfer,
         "memcpy_s": copy_s,
@@ -242,6 +243,38 @@ def compare_modes(workload_name: str, warmup: int, steps: int, extra: list[str])
     }
 
 
+#: Weight-sync paths compared by ``--syncs``, at a real model's learning rate (1e-6), where most bf16
+#: weights do not change in a step, so that the delta has something to leave out.
+SYNCS = {
+    "object_store": ["cluster.weight_sync=object_store"],
+    "collective": ["cluster.weight_sync=collective"],
+    "object_store_delta": ["cluster.weight_sync=object_store", "rollout.sync_delta=true"],
+    "collective_delta": ["cluster.weight_sync=collective", "rollout.sync_delta=true"],
+}
+
+
+def compare_syncs(workload_name: str, warmup: int, steps: int, extra: list[str]) -> dict:
+    """The workload once per weight-sync path: bytes and seconds per sync, side by side."""
+    results = {name: run(workload_name, warmup, steps, ["learner.lr=1e-6", *extra, *sync], False)
+               for name, sync in SYNCS.items()}  # fmt: skip
+    keys = ("weight_sync_bytes", "weight_sync_s", "weight_sync_transfer_s")
+    return {
+        "workload": workload_name,
+        "weight_buffer_bytes": results["object_store"]["weight_buffer_bytes"],
+        "syncs": {name: {k: r[k] for k in keys} | {"compute_s": r["compute_s"]} for name, r in results.items()},
+    }
+
+
+def print_syncs(result: dict) -> None:
+    print(f"\nworkload {result['workload']}: weight sync paths ({result['weight_buffer_bytes'] / 1e6:.1f} MB buffer)")
+    print(f"{'path':<22}{'MB sent':>10}{'sync s':>10}{'gather s':>10}{'load s':>10}{'transfer s':>12}")
+    for name, r in result["syncs"].items():
+        compute = r["compute_s"]
+        print(f"{name:<22}{r['weight_sync_bytes'] / 1e6:>10.3g}{r['weight_sync_s']:>10.3g}"
+              f"{compute.get('weight_gather', 0.0):>10.3g}{compute.get('weight_load', 0.0):>10.3g}"
+              f"{r['weight_sync_transfer_s']:>12.3g}")  # fmt: skip
+
+
 def print_modes(result: dict) -> None:
     print(f"\nworkload {result['workload']}: sync vs async")
     print(f"{'mode':<14}{'step_s':>10}{'tokens/s':>12}{'generation':>12}{'update':>10}{'wait':>10}")
@@ -280,11 +313,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="write the result here")
     parser.add_argument("--no-engine-comparison", action="store_true", help="skip vLLM vs HF generate")
     parser.add_argument("--modes", action="store_true", help="compare sync, sync pinned and async (see above)")
+    parser.add_argument("--syncs", action="store_true", help="compare the weight-sync paths (object store, "
+                        "collective, each with and without deltas) at lr 1e-6")  # fmt: skip
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides, e.g. algorithm=gspo")
     args = parser.parse_args(argv)
     if args.modes:
         result = compare_modes(args.workload, args.warmup, args.steps, args.overrides)
         print_modes(result)
+    elif args.syncs:
+        result = compare_syncs(args.workload, args.warmup, args.steps, args.overrides)
+        print_syncs(result)
     else:
         result = run(args.workload, args.warmup, args.steps, args.overrides, not args.no_engine_comparison)
         print_table(result)

@@ -340,6 +340,10 @@ class ClusterConfig:
     reward: RoleResources = field(default_factory=lambda: RoleResources(cpus=0.25))
     num_cpus: int | None = None
     """Logical CPUs of a local Ray instance (None: enough for every role). Ignored on a cluster."""
+    colocate: bool = False
+    """The rollout engines share GPUs with the learner: after generating, each engine releases its GPU
+    memory (vLLM sleep mode: KV cache and weights) while the learner computes, and takes it back at
+    the next weight load. Synchronous mode only. On CPU the engines skip the calls."""
     weight_sync: str = "auto"
     """How weights reach the engines. object_store: a value the controller hands from the learner to
     the engines (on Ray, the object store) | collective: learner rank 0 broadcasts to every engine
@@ -587,6 +591,11 @@ def _validate_engines(cfg: Config) -> None:
 
 def _validate_backend(cfg: Config) -> None:
     c = cfg.cluster
+    _check(
+        not (c.colocate and cfg.trainer.mode == "async"),
+        "cluster.colocate=true makes the engines and the learner take the GPUs in turn, but trainer.mode=async "
+        "overlaps generation with training; use trainer.mode=sync, or cluster.colocate=false",
+    )
     _check(c.backend in ("ray", "inline"), f"cluster.backend={c.backend!r} is not ray or inline")
     _check(
         c.weight_sync in WEIGHT_SYNCS, f"cluster.weight_sync={c.weight_sync!r} is not one of {', '.join(WEIGHT_SYNCS)}"

@@ -69,8 +69,9 @@ METRIC_GLOSSARY: dict[str, str] = {
         "actor's compute/<phase>_s (scheduling, object transfers, (de)serialization, controller time)."
     ),
     "compute/<phase>_s": (
-        "Seconds the busiest actor of the phase spent inside its method (measured in the actor): generation, reward, "
-        "assemble, old_logprob, reference, values, advantages, update, critic_update, weight_gather, weight_load."
+        "Seconds the busiest actor of the phase spent inside its method (measured in the actor): generation, "
+        "reward, assemble, sleep, old_logprob, reference, values, advantages, update, critic_update, weight_gather, "
+        "weight_load."
     ),
     "memory/<phase>_peak_gib": (
         "Roles on a GPU only: the most GPU memory torch allocated during the phase (GiB), the largest actor's; "

@@ -69,6 +69,7 @@ class Trainer:
         ("generation",),
         ("reward",),
         ("assemble",),
+        ("sleep",),
         ("old_logprob", "reference", "values"),
         ("advantages",),
         ("update", "critic_update"),
@@ -102,7 +103,8 @@ class Trainer:
         self.rollout = group(
             "rollout", Rollout, c.rollout_engines, c.rollout, args=(policy_path, cfg.rollout), ranked=False,
             kwargs={"max_model_len": cfg.data.max_prompt_len + cfg.rollout.max_new_tokens, "seed": cfg.trainer.seed,
-                    "resources": c.rollout, "trust_remote_code": cfg.model.trust_remote_code},
+                    "resources": c.rollout, "trust_remote_code": cfg.model.trust_remote_code,
+                    "colocated": c.colocate},
         )  # fmt: skip
         self.learner = group("learner", Learner, c.learners, c.learner, args=(policy_path, cfg))
         self.reward = group("reward", Reward, 1, c.reward, args=(cfg,), ranked=False)
@@ -189,7 +191,8 @@ class Trainer:
     def step(self, step: int) -> dict[str, float]:
         """One RL step; returns its metrics.
 
-        1. collect: generate ``rollout.n`` samples per prompt, score them, filter (dynamic sampling)
+        1. collect: generate ``rollout.n`` samples per prompt, score them, filter (dynamic sampling);
+           colocated engines then release their GPU memory until the weight sync
         2. log-probs: old (learner, only when the update is off-policy), reference, values (critic),
            at the same time on their roles
         3. advantages: token rewards (+ KL in the reward) and advantages (batch role)
@@ -201,6 +204,8 @@ class Trainer:
         started = time.perf_counter()
         with timed(timings, "generation_wait"):
             collected = self.collector.collect(step)
+        if self.cfg.cluster.colocate:  # the learner, reference and critic get the GPUs until the sync
+            self.get(self.rollout.call("sleep"), "rollout")
         with timed(timings, "logprobs"):
             parts = self.logprob_parts(collected.batch)
         with timed(timings, "advantages"):

@@ -76,3 +76,31 @@ finally:
     metrics = read_metrics(out / "metrics.jsonl")
     assert [m["step"] for m in metrics] == [1]
     assert metrics[0]["rollout/logprob_diff"] < 1e-3  # HF engine and learner: the same float32 weights
+
+
+def recording(calls: list, name: str, method):
+    """``method``, appending ``(name, its wake tags)`` to ``calls`` at each call."""
+
+    def spy(*args, **kwargs):
+        calls.append((name, args[0] if name == "wake" else None))
+        return method(*args, **kwargs)
+
+    return spy
+
+
+@pytest.mark.vllm
+def test_colocated_engines_sleep_after_generating_and_wake_around_the_weight_load(tiny_config):
+    """cluster.colocate: the role's calls in order (on CPU the engine skips the memory moves themselves)."""
+    cfg = tiny_config("cluster.backend=inline", "cluster.colocate=true", "trainer.total_steps=2")
+    trainer = Trainer(cfg)
+    calls: list = []
+    try:
+        engine = trainer.rollout.members[0].engine
+        for name in ("generate", "sleep", "wake", "load_weights"):
+            setattr(engine, name, recording(calls, name, getattr(engine, name)))
+        trainer.fit()
+    finally:
+        trainer.shutdown()
+    one_step = [("generate", None), ("sleep", None), ("wake", ["weights"]), ("load_weights", None),
+                ("wake", ["kv_cache"])]  # fmt: skip
+    assert calls == one_step * 2

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -71,12 +72,20 @@ class VllmEngine:
     V2 runner's hashed noise)."""
 
     def __init__(
-        self, model_path: str, cfg: RolloutConfig, *, max_model_len: int, seed: int, trust_remote_code: bool = False
+        self,
+        model_path: str,
+        cfg: RolloutConfig,
+        *,
+        max_model_len: int,
+        seed: int,
+        trust_remote_code: bool = False,
+        sleep_mode: bool = False,
     ) -> None:
         from vllm import LLM
 
         self.cfg = cfg
         on_gpu = torch.cuda.is_available()
+        self.sleep_mode = sleep_mode and on_gpu  # vLLM's CPU build has no sleep mode
         self.llm = LLM(
             model=model_path,
             dtype="bfloat16" if on_gpu else "float32",
@@ -89,6 +98,7 @@ class VllmEngine:
             enable_prefix_caching=True,
             logprobs_mode="processed_logprobs",  # of the temperature-scaled distribution, as the learner's
             trust_remote_code=trust_remote_code,
+            enable_sleep_mode=self.sleep_mode,
         )
 
     def generate(self, prompts: Sequence[list[int]], *, n: int, seed: int) -> list[list[Generation]]:
@@ -120,6 +130,16 @@ class VllmEngine:
     def load_weights(self, weights: FlatWeights) -> None:
         self.llm.collective_rpc(_reload_worker, args=(weights,))
         self.llm.reset_prefix_cache()
+
+    def sleep(self) -> None:
+        """Release the GPU: KV cache and weights (level 2; the next sync reloads every weight)."""
+        if self.sleep_mode:
+            self.llm.sleep(level=2)
+
+    def wake(self, tags: list[str]) -> None:
+        """Take back the memory of ``tags`` (weights, then kv_cache once the weights are loaded)."""
+        if self.sleep_mode:
+            self.llm.wake_up(tags)
 
     @property
     def sync_ranks(self) -> int:
@@ -157,9 +177,17 @@ class HFEngine:
     one is visible (a rollout role with ``cluster.rollout.gpus`` > 0), else on the CPU."""
 
     def __init__(
-        self, model_path: str, cfg: RolloutConfig, *, max_model_len: int, seed: int, trust_remote_code: bool = False
+        self,
+        model_path: str,
+        cfg: RolloutConfig,
+        *,
+        max_model_len: int,
+        seed: int,
+        trust_remote_code: bool = False,
+        sleep_mode: bool = False,
     ) -> None:
         self.cfg = cfg
+        self.sleep_mode = sleep_mode
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.model = load_policy(model_path, trust_remote_code=trust_remote_code).to(self.device).eval()
         self.tokenizer = load_tokenizer(model_path, trust_remote_code=trust_remote_code)
@@ -206,6 +234,17 @@ class HFEngine:
 
     sync_ranks = 1
 
+    def sleep(self) -> None:
+        """Move the model to host memory (on a GPU)."""
+        if self.sleep_mode and self.device.type == "cuda":
+            self.model.to("cpu")
+            torch.cuda.empty_cache()
+
+    def wake(self, tags: list[str]) -> None:
+        """Move the model back to its device (its only memory: the weights)."""
+        if self.sleep_mode and "weights" in tags:
+            self.model.to(self.device)
+
     def join_weight_sync(self, group: SyncGroup, first_rank: int, layout: FlatLayout, keep: bool) -> None:
         self.sync = (group.join(first_rank), layout, ShadowWeights(keep=keep))
 
@@ -247,6 +286,7 @@ class Rollout(BusyClock):
         resources: RoleResources | None = None,
         rank: int = 0,
         trust_remote_code: bool = False,
+        colocated: bool = False,
     ) -> None:
         actor_device(resources or RoleResources(), "rollout")  # cores and threads, before the engine's pools
         # vLLM's engine core in this process (a Ray actor, or the driver with the inline backend)
@@ -257,15 +297,17 @@ class Rollout(BusyClock):
         logging.getLogger("vllm.model_executor.model_loader.reload.layerwise").addFilter(_RotaryReloadNotice())
         self.cfg = cfg
         self.tokenizer = load_tokenizer(model_path, trust_remote_code=trust_remote_code)
-        self.engine = ENGINES[cfg.engine](
-            model_path, cfg, max_model_len=max_model_len, seed=seed + rank, trust_remote_code=trust_remote_code
-        )
+        self.engine = ENGINES[cfg.engine](model_path, cfg, max_model_len=max_model_len, seed=seed + rank,
+                                          trust_remote_code=trust_remote_code, sleep_mode=colocated)  # fmt: skip
         self.version = 0
+        self.asleep = False
         self.shadow = ShadowWeights(keep=cfg.sync_delta)
 
     @busy("generation")
     def generate(self, records: list[PromptRecord], group_ids: list[str], *, n: int, seed: int) -> TrajectoryBatch:
         """``n`` samples for each record; samples of record i share ``group_ids[i]``."""
+        if self.asleep:
+            raise RuntimeError("the rollout engine is asleep: load weights (which wakes it) before generating")
         texts = [render_prompt(r.prompt, self.tokenizer) for r in records]
         prompt_ids = [self.tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
         groups = self.engine.generate(prompt_ids, n=n, seed=seed)
@@ -302,9 +344,27 @@ class Rollout(BusyClock):
             self.shadow.forget()
         else:
             weights = self.shadow.apply(weights)
-        self.engine.load_weights(weights)
+        with self.awake():
+            self.engine.load_weights(weights)
         self.version = version
         return version
+
+    @busy("sleep")
+    def sleep(self) -> None:
+        """Colocated with the learner (``cluster.colocate``): release the engine's GPU memory while the
+        learner trains (vLLM sleep mode, level 2). The next weight load wakes it."""
+        self.engine.sleep()
+        self.asleep = True
+
+    @contextmanager
+    def awake(self) -> Iterator[None]:
+        """Around a weight load: wake the weights before it, the KV cache after it (a no-op when awake)."""
+        if self.asleep:
+            self.engine.wake(["weights"])
+        yield
+        if self.asleep:
+            self.engine.wake(["kv_cache"])
+            self.asleep = False
 
     def sync_ranks(self) -> int:
         """Ranks this engine takes in the weight-sync group (its vLLM workers)."""
@@ -317,7 +377,8 @@ class Rollout(BusyClock):
     @busy("weight_load")
     def receive_weights(self, version: int) -> int:
         """Receive the update learner rank 0 broadcasts, load it, and adopt ``version``."""
-        self.engine.receive_weights()
+        with self.awake():
+            self.engine.receive_weights()
         self.version = version
         return version
 

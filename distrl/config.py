@@ -333,6 +333,9 @@ class ClusterConfig:
     """Learner ranks (one FSDP2 group)."""
     rollout_engines: int = 1
     """vLLM engines; each generates a shard of the prompts."""
+    references: int = 1
+    """Reference ranks; each holds the whole frozen model and computes a shard of each batch's
+    reference log-probs (data parallel). Colocated, rank r sits on the learner pool's GPU r."""
     rollout: RoleResources = field(default_factory=RoleResources)
     learner: RoleResources = field(default_factory=RoleResources)
     reference: RoleResources = field(default_factory=lambda: RoleResources(cpus=0.25))
@@ -340,6 +343,13 @@ class ClusterConfig:
     reward: RoleResources = field(default_factory=lambda: RoleResources(cpus=0.25))
     num_cpus: int | None = None
     """Logical CPUs of a local Ray instance (None: enough for every role). Ignored on a cluster."""
+    sync_check_every: int = 10
+    """Every this many weight syncs, each engine scores a few rows of the step's batch (teacher
+    forcing) and ``weight_sync/max_logprob_diff`` reports the largest |engine − learner| log-prob;
+    0 turns the check off."""
+    sync_check_max_diff: float = 1.0
+    """A check past this many nats stops the run: the engine does not hold the learner's weights
+    (bf16 rounding moves log-probs by hundredths, not by a nat)."""
     colocate: bool = False
     """The rollout engines share GPUs with the learner: after generating, each engine releases its GPU
     memory (vLLM sleep mode: KV cache and weights) while the learner computes, and takes it back at
@@ -413,6 +423,11 @@ class Config:
         if self.learner.lr is not None:
             return self.learner.lr
         return TINY_MODEL_LR if self.model.path is None else REAL_MODEL_LR
+
+    @property
+    def critic_enabled(self) -> bool:
+        """Whether the job runs a critic (``critic.enable``; unset: when the advantage needs values)."""
+        return self.critic.enable if self.critic.enable is not None else self.algorithm.needs_values
 
     @property
     def weight_sync(self) -> str:
@@ -529,6 +544,7 @@ def validate(cfg: Config) -> None:
         ("learner.mini_batches", cfg.learner.mini_batches),
         ("cluster.learners", cfg.cluster.learners),
         ("cluster.rollout_engines", cfg.cluster.rollout_engines),
+        ("cluster.references", cfg.cluster.references),
     ):
         _check(value >= 1, f"{key}={value} must be >= 1")
     for role in ("rollout", "learner", "reference", "critic", "reward"):
@@ -553,6 +569,26 @@ def validate(cfg: Config) -> None:
     _check(cfg.trainer.mode in ("sync", "async"), f"trainer.mode={cfg.trainer.mode!r} is not sync or async")
     _validate_engines(cfg)
     _validate_backend(cfg)
+    _validate_gpus(cfg)
+
+
+def _validate_gpus(cfg: Config) -> None:
+    from distrl.backends.placement import plan_gpus  # it builds on this module
+
+    c = cfg.cluster
+    _check(
+        not (c.colocate and cfg.rollout.tensor_parallel_size > 1 and c.learner.gpus > 0),
+        "cluster.colocate=true places each engine in one learner rank's GPU bundle, but "
+        f"rollout.tensor_parallel_size={cfg.rollout.tensor_parallel_size} needs several GPUs per engine; "
+        "use cluster.colocate=false (engines on GPUs of their own) or rollout.tensor_parallel_size=1",
+    )
+    _check(
+        c.learners == 1 or c.learner.gpus in (0.0, 1.0) or c.colocate,
+        f"cluster.learner.gpus={c.learner.gpus:g} with {c.learners} learner ranks: each rank owns one whole GPU "
+        "(NCCL refuses two ranks on one GPU); set cluster.learner.gpus=1, or cluster.colocate=true to share each "
+        "rank's GPU with an engine",
+    )
+    plan_gpus(cfg, reference=cfg.algorithm.needs_reference, critic=cfg.critic_enabled)
 
 
 def check_learning_rate(cfg: Config, parameters: int) -> None:
@@ -597,6 +633,8 @@ def _validate_backend(cfg: Config) -> None:
         "overlaps generation with training; use trainer.mode=sync, or cluster.colocate=false",
     )
     _check(c.backend in ("ray", "inline"), f"cluster.backend={c.backend!r} is not ray or inline")
+    _check(c.sync_check_every >= 0, f"cluster.sync_check_every={c.sync_check_every} must be >= 0 (0: no check)")
+    _check(c.sync_check_max_diff > 0, f"cluster.sync_check_max_diff={c.sync_check_max_diff} must be > 0 (nats)")
     _check(
         c.weight_sync in WEIGHT_SYNCS, f"cluster.weight_sync={c.weight_sync!r} is not one of {', '.join(WEIGHT_SYNCS)}"
     )

@@ -81,6 +81,10 @@ METRIC_GLOSSARY: dict[str, str] = {
         "Bytes of weights sent to each engine at the step's sync: the whole buffer in rollout.sync_dtype, or the "
         "changed words and their indices (rollout.sync_delta); its seconds are timing/weight_sync_s."
     ),
+    "weight_sync/max_logprob_diff": (
+        "Every cluster.sync_check_every syncs: the largest |engine − learner| log-prob over a few rows of the "
+        "step's batch after the sync, teacher-forced, worst engine; past cluster.sync_check_max_diff the run stops."
+    ),
     "throughput/tokens_per_s": "Prompt and response tokens processed per wall-clock second of the step, whole cluster.",
     "throughput/generated_tokens_per_s": "Response tokens generated per second of the generation phase, all engines.",
 }

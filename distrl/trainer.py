@@ -5,14 +5,18 @@ dynamic sampling and metrics); trajectory tensors and weights go from role to ro
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import torch
+
 from distrl import checkpoint
 from distrl.algorithms import adaptive_kl_coef
 from distrl.backends import Handle, RoleDiedError, RoleGroup, make_backend
+from distrl.backends.placement import bundle_cpus, plan_gpus
 from distrl.collect import Collected, Collector, OneStepOffCollector, TrainingError
 from distrl.config import Config, RoleResources
 from distrl.data.arithmetic import make_problems
@@ -30,6 +34,9 @@ from distrl.roles.timing import timed
 from distrl.roles.weight_sync import SyncGroup
 
 __all__ = ["NonFiniteGuard", "Trainer", "TrainingError", "load_prompts"]
+
+#: Rows of the step's batch each engine scores in the weight-sync check (at least one per learner rank).
+SYNC_PROBE_ROWS = 4
 
 
 @dataclass
@@ -98,8 +105,10 @@ class Trainer:
             stream.load_state(state["data"])
         self.nonfinite = NonFiniteGuard(cfg.trainer.max_nonfinite_steps)
 
+        layout = plan_gpus(cfg, reference=alg.needs_reference, critic=cfg.critic_enabled)
         self.backend = make_backend(c.backend, num_cpus=c.num_cpus or self._cpus_needed())
-        group = self.backend.group
+        self.backend.reserve_gpus(layout, bundle_cpus(cfg, layout))
+        group = functools.partial(self._group, layout.bundles)
         self.rollout = group(
             "rollout", Rollout, c.rollout_engines, c.rollout, args=(policy_path, cfg.rollout), ranked=False,
             kwargs={"max_model_len": cfg.data.max_prompt_len + cfg.rollout.max_new_tokens, "seed": cfg.trainer.seed,
@@ -111,9 +120,9 @@ class Trainer:
         self.batches = group("batch", BatchRole, 1, RoleResources(cpus=0), args=(cfg,), ranked=False)
         self.reference: RoleGroup | None = None
         if alg.needs_reference:
-            self.reference = group("reference", Reference, 1, c.reference, args=(self.initial_model, cfg))
+            self.reference = group("reference", Reference, c.references, c.reference, args=(self.initial_model, cfg))
         self.critic: RoleGroup | None = None
-        if cfg.critic.enable if cfg.critic.enable is not None else alg.needs_values:
+        if cfg.critic_enabled:
             critic_state = str(self.resumed / "critic") if self.resumed else None
             self.critic = group("critic", Critic, 1, c.critic, args=(self.initial_model, cfg), ranked=False,
                                 kwargs={"state": critic_state})  # fmt: skip
@@ -143,11 +152,15 @@ class Trainer:
         saved_values = state.get("prompt_values", state.get("pvpo_values", {}))  # the key before the roles split
         self.collector.prompt_values = {int(k): v for k, v in saved_values.items()}
 
+    def _group(self, bundles: dict[str, list[int]], role: str, *args, **kwargs) -> RoleGroup:
+        """A role group, in its GPU-pool bundles where the layout puts it there."""
+        return self.backend.group(role, *args, bundles=bundles.get(role), **kwargs)
+
     def _cpus_needed(self) -> int:
         """Logical CPUs for a local Ray instance: every role's bundles, rounded up."""
         c, alg = self.cfg.cluster, self.cfg.algorithm
         total = c.rollout_engines * c.rollout.cpus + c.learners * c.learner.cpus + c.reward.cpus
-        total += c.reference.cpus * alg.needs_reference + c.critic.cpus * alg.needs_values
+        total += c.references * c.reference.cpus * alg.needs_reference + c.critic.cpus * self.cfg.critic_enabled
         return max(1, math.ceil(total))
 
     # ------------------------------------------------------------------ the loop
@@ -218,6 +231,9 @@ class Trainer:
         generating_version = self.version
         with timed(timings, "weight_sync"):
             self.sync_weights()
+        every = self.cfg.cluster.sync_check_every
+        if every and self.version % every == 0:
+            update_metrics["weight_sync/max_logprob_diff"] = self.check_sync(collected.batch)
         metrics = {**collected.metrics, **advantage_metrics, **update_metrics}
         self.adapt_kl_coef(metrics, collected.samples)
         return {**metrics, **self.step_metrics(collected, timings | collected.timings, started, generating_version)}
@@ -274,6 +290,26 @@ class Trainer:
             loaded = self.rollout.call("load_weights", update, self.version)
             self.sync_bytes = self.get([nbytes, *others, *loaded], "learner or rollout")[0]
         self.full_sync_next = False
+
+    def check_sync(self, batch: Handle) -> float:
+        """The largest |engine − learner| log-prob over a few rows of ``batch``, every engine against
+        the learner (teacher forcing); :class:`TrainingError` past ``cluster.sync_check_max_diff``."""
+        probe = self.batches.call_rank(0, "head", batch, max(SYNC_PROBE_ROWS, self.cfg.cluster.learners))
+        learner = self.learner.call("logprobs", probe)
+        engines = self.rollout.call("teacher_logprobs", probe)
+        rows, learner, engines = self.get([probe, learner, engines], "rollout or learner")
+        mask, learner = rows.response_mask.bool(), torch.cat(learner).float().cpu()
+        gaps = [float((engine - learner).abs()[mask].max()) if mask.any() else 0.0 for engine in engines]
+        worst = max(range(len(gaps)), key=gaps.__getitem__)
+        limit = self.cfg.cluster.sync_check_max_diff
+        if gaps[worst] > limit:
+            raise TrainingError(
+                f"after weight sync {self.version}, rollout engine {worst}'s log-probs differ from the learner's by "
+                f"up to {gaps[worst]:.3g} nats (cluster.sync_check_max_diff={limit:g}): the engine does not hold the "
+                "learner's weights, and training on its samples would be wrong. Check rollout.sync_dtype and the "
+                "model's weight names; set cluster.sync_check_every=0 only to train anyway"
+            )
+        return gaps[worst]
 
     def adapt_kl_coef(self, metrics: dict[str, float], samples: int) -> None:
         """The adaptive KL controller (when ``algorithm.kl.target`` is set) after a step."""

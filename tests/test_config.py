@@ -110,6 +110,9 @@ def test_overrides_compose_on_a_preset():
             r"tensor_parallel_size=2 runs one vLLM worker per GPU.*set cluster.rollout.gpus=2",
         ),
         (["rollout=hf", "rollout.tensor_parallel_size=2"], r"tensor_parallel_size=2 needs rollout.engine=vllm"),
+        (["cluster.weight_sync=nccl"], r"cluster.weight_sync='nccl' is not one of auto, object_store, collective"),
+        (["cluster.backend=inline", "cluster.weight_sync=collective"], r"one role after another.*object_store"),
+        (["cluster.colocate=true", "trainer.mode=async"], r"take the GPUs in turn.*trainer.mode=sync"),
     ],
 )
 def test_validation_errors_name_field_and_fix(overrides, message):
@@ -298,18 +301,29 @@ def test_the_gpu_cluster_preset_gives_each_role_its_gpus_and_vllm_most_of_its_gp
     assert (cfg.learner_lr, cfg.gradient_checkpointing) == (1e-6, True)
 
 
-GPU_PRESETS = {"gpu_1": 1, "gpu_node": 8, "gpu_2nodes": 16}
+@pytest.mark.parametrize(
+    ("overrides", "path"),
+    [([], "object_store"), (["cluster=gpu"], "collective"), (["cluster=gpu_1"], "object_store"),
+     (["cluster=gpu", "cluster.backend=inline"], "object_store"), (["cluster.weight_sync=collective"], "collective")],
+)  # fmt: skip
+def test_auto_weight_sync_is_collective_only_where_roles_hold_whole_gpus_of_their_own(overrides, path):
+    assert composed(*overrides).weight_sync == path
+
+
+GPU_PRESETS = {"gpu_1": 1, "gpu_node": 8, "gpu_node_colocated": 8, "gpu_2nodes": 16}
 
 
 @pytest.mark.parametrize("preset", sorted(GPU_PRESETS))
 def test_sized_gpu_presets_fit_their_gpus_with_a_whole_gpu_per_learner_rank(preset):
+    from distrl.backends.placement import plan_gpus
+
     cfg = composed(f"cluster={preset}", "model=hf", "model.path=/models/qwen", "algorithm=ppo")
     validate(cfg)
+    layout = plan_gpus(cfg, reference=True, critic=True)
+    assert layout.gpus_needed == GPU_PRESETS[preset]
+    assert layout.pool == cfg.cluster.learners and layout.bundles["learner"] == list(range(cfg.cluster.learners))
     c = cfg.cluster
-    used = c.learners * c.learner.gpus + c.rollout_engines * c.rollout.gpus + c.reference.gpus + c.critic.gpus
-    assert used == GPU_PRESETS[preset]
-    assert c.learners == 1 or c.learner.gpus == 1.0  # FSDP ranks never share a GPU
-    assert cfg.rollout.gpu_memory_utilization <= (c.rollout.gpus if c.rollout.gpus < 1 else 0.9)
+    assert cfg.rollout.gpu_memory_utilization <= (c.rollout.gpus if c.colocate else 0.9)
 
 
 def test_the_gpu_extra_pins_the_vllm_release_of_the_cpu_build():

@@ -11,7 +11,7 @@ from conftest import TINY
 
 from distrl.config import ConfigError
 from distrl.metrics import read_metrics
-from distrl.trainer import Trainer
+from distrl.trainer import Trainer, TrainingError
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -64,7 +64,7 @@ import sys
 sys.modules["ray"] = None  # `import ray` now raises ImportError, as on a machine without Ray
 sys.modules["vllm"] = None
 from distrl.config import compose_config
-from distrl.trainer import Trainer
+from distrl.trainer import Trainer, TrainingError
 trainer = Trainer(compose_config({overrides!r}))
 try:
     trainer.fit()
@@ -104,3 +104,19 @@ def test_colocated_engines_sleep_after_generating_and_wake_around_the_weight_loa
     one_step = [("generate", None), ("sleep", None), ("wake", ["weights"]), ("load_weights", None),
                 ("wake", ["kv_cache"])]  # fmt: skip
     assert calls == one_step * 2
+
+
+@pytest.mark.vllm
+def test_an_engine_that_missed_the_weight_sync_stops_the_run_at_the_check(tiny_config):
+    spread = f"reward.function={ROOT / 'tests/fixtures/coin_reward.py'}:odd_length"  # gradients every step
+    cfg = tiny_config("cluster.backend=inline", "cluster.sync_check_every=1", "learner.lr=0.05", spread,
+                      "trainer.total_steps=3", "algorithm.kl.coef=0")  # fmt: skip
+    trainer = Trainer(cfg)
+    try:
+        step = trainer.step(0)
+        assert step["weight_sync/max_logprob_diff"] < 0.05  # a sound sync: bf16 rounding only
+        trainer.rollout.members[0].engine.load_weights = lambda weights: None  # the engine keeps stale weights
+        with pytest.raises(TrainingError, match=r"rollout engine 0's log-probs differ .* does not hold the learner's"):
+            trainer.step(1)
+    finally:
+        trainer.shutdown()

@@ -13,6 +13,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import Any
 
+from distrl.backends.placement import GpuLayout
 from distrl.config import RoleResources
 
 #: A backend's reference to a value: ``ray.ObjectRef`` (ray) or the value itself (inline).
@@ -70,8 +71,14 @@ class Backend(ABC):
         args: Sequence[Any] = (),
         kwargs: dict[str, Any] | None = None,
         ranked: bool = True,
+        bundles: list[int] | None = None,
     ) -> RoleGroup:
-        """Start ``count`` members of ``cls(*args, **kwargs)`` (plus ``rank``/``world_size`` when ``ranked``)."""
+        """Start ``count`` members of ``cls(*args, **kwargs)`` (plus ``rank``/``world_size`` when
+        ``ranked``); with ``bundles``, member i in bundle ``bundles[i]`` of the GPU pool."""
+
+    @abstractmethod
+    def reserve_gpus(self, layout: GpuLayout, bundle_cpus: list[float]) -> None:
+        """Check the cluster holds ``layout`` and reserve its GPU pool (nothing to do in one process)."""
 
     @abstractmethod
     def get(self, handles: Handle | list[Handle], role: str) -> Any:

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from distrl.backends.base import Backend, Handle, RoleGroup
+from distrl.backends.placement import GpuLayout
 from distrl.config import RoleResources
 
 
@@ -62,9 +63,13 @@ class InlineBackend(Backend):
         args: Sequence[Any] = (),
         kwargs: dict[str, Any] | None = None,
         ranked: bool = True,
+        bundles: list[int] | None = None,
     ) -> InlineGroup:
         rank_args = (lambda i: {"rank": i, "world_size": count}) if ranked else (lambda i: {})
         return InlineGroup(role, [cls(*args, **(kwargs or {}), **rank_args(i)) for i in range(count)])
+
+    def reserve_gpus(self, layout: GpuLayout, bundle_cpus: list[float]) -> None:
+        return None
 
     def get(self, handles: Handle | list[Handle], role: str) -> Any:
         return handles

@@ -20,6 +20,7 @@ from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from distrl.backends.base import Backend, Handle, RoleDiedError, RoleGroup
+from distrl.backends.placement import GpuLayout, check_capacity, node_chunks
 from distrl.config import RoleResources
 
 #: How long to wait for a placement group's resources before failing with a message.
@@ -61,8 +62,44 @@ class RoleActor:
         return ray.util.get_node_ip_address()
 
 
+def _wait_placed(group: Any, what: str) -> None:
+    ready, _ = ray.wait([group.ready()], timeout=PLACEMENT_TIMEOUT_S)
+    if not ready:
+        remove_placement_group(group)
+        raise RuntimeError(
+            f"the cluster cannot place {what} within {PLACEMENT_TIMEOUT_S}s; lower cluster.* or add nodes "
+            "(ray status shows what is free)"
+        )
+
+
+class GpuPool:
+    """The learners' whole-GPU bundles: one STRICT_PACK placement group per node, bundle ``i`` of
+    the pool being bundle ``i - offset`` of its node's group (docs: :mod:`distrl.backends.placement`)."""
+
+    def __init__(self, bundle_cpus: list[float]) -> None:
+        per_node = [int(node["Resources"].get("GPU", 0)) for node in ray.nodes() if node["Alive"]]
+        self.groups: list[tuple[Any, int]] = []
+        start = 0
+        for size in node_chunks(len(bundle_cpus), per_node):
+            bundles = [{"GPU": 1.0, "CPU": cpus} for cpus in bundle_cpus[start : start + size]]
+            group = placement_group(bundles, "STRICT_PACK")
+            _wait_placed(group, f"{size} whole-GPU bundle(s) of the learners' pool on one node")
+            self.groups.append((group, start))
+            start += size
+
+    def strategy(self, bundle: int) -> PlacementGroupSchedulingStrategy:
+        group, start = next((g, s) for g, s in reversed(self.groups) if bundle >= s)
+        return PlacementGroupSchedulingStrategy(group, placement_group_bundle_index=bundle - start)
+
+    def shutdown(self) -> None:
+        for group, _ in self.groups:
+            remove_placement_group(group)
+        self.groups = []
+
+
 class RayGroup(RoleGroup):
-    """``count`` actors of one role in one placement group (bundle i holds member i)."""
+    """``count`` actors of one role in one placement group (bundle i holds member i), or in the
+    bundles ``bundles`` of a :class:`GpuPool`."""
 
     def __init__(
         self,
@@ -74,21 +111,17 @@ class RayGroup(RoleGroup):
         args: Sequence[Any],
         kwargs: dict[str, Any],
         ranked: bool,
-        strategy: str = "PACK",
+        pool: GpuPool | None = None,
+        bundles: list[int] | None = None,
     ) -> None:
         self.role = role
         cpus, gpus = resources.cpus, resources.gpus
         self.placement = None
-        if cpus or gpus:  # a role that reserves nothing (the batch role) needs no placement group
+        self.pool, self.bundles = (pool, bundles) if bundles is not None else (None, None)
+        if self.pool is None and (cpus or gpus):  # a role that reserves nothing (the batch role) needs none
             bundle = {"CPU": cpus, "GPU": gpus} if gpus else {"CPU": cpus}
-            self.placement = placement_group([bundle] * count, strategy)
-            ready, _ = ray.wait([self.placement.ready()], timeout=PLACEMENT_TIMEOUT_S)
-            if not ready:
-                remove_placement_group(self.placement)
-                raise RuntimeError(
-                    f"the cluster cannot place {count} {role} actor(s) with {cpus} CPU and {gpus} GPU each within "
-                    f"{PLACEMENT_TIMEOUT_S}s; lower cluster.* or add nodes (ray status shows what is free)"
-                )
+            self.placement = placement_group([bundle] * count, "PACK")
+            _wait_placed(self.placement, f"{count} {role} actor(s) with {cpus} CPU and {gpus} GPU each")
         self.actors = [
             RoleActor.options(num_cpus=cpus, num_gpus=gpus, scheduling_strategy=self._strategy(i)).remote(
                 f"{role}-{i}", cls, tuple(args), {**kwargs, **({"rank": i, "world_size": count} if ranked else {})}
@@ -97,6 +130,8 @@ class RayGroup(RoleGroup):
         ]
 
     def _strategy(self, index: int) -> PlacementGroupSchedulingStrategy | str:
+        if self.pool is not None:
+            return self.pool.strategy(self.bundles[index])
         if self.placement is None:
             return "DEFAULT"
         return PlacementGroupSchedulingStrategy(self.placement, placement_group_bundle_index=index)
@@ -146,6 +181,7 @@ class RayBackend(Backend):
 
     def __init__(self, num_cpus: int) -> None:
         self.started = False
+        self.pool: GpuPool | None = None
         if not ray.is_initialized():
             if os.environ.get("RAY_ADDRESS"):
                 ray.init()
@@ -163,8 +199,15 @@ class RayBackend(Backend):
         args: Sequence[Any] = (),
         kwargs: dict[str, Any] | None = None,
         ranked: bool = True,
+        bundles: list[int] | None = None,
     ) -> RayGroup:
-        return RayGroup(role, cls, count, resources, args=args, kwargs=kwargs or {}, ranked=ranked)
+        return RayGroup(role, cls, count, resources, args=args, kwargs=kwargs or {}, ranked=ranked,
+                        pool=self.pool, bundles=bundles)  # fmt: skip
+
+    def reserve_gpus(self, layout: GpuLayout, bundle_cpus: list[float]) -> None:
+        check_capacity(layout, ray.cluster_resources().get("GPU", 0.0))
+        if layout.pool:
+            self.pool = GpuPool(bundle_cpus)
 
     def get(self, handles: Handle | list[Handle], role: str) -> Any:
         try:
@@ -181,7 +224,11 @@ class RayBackend(Backend):
             ray.wait(handles, num_returns=len(handles), fetch_local=False)
 
     def shutdown(self) -> None:
-        """Shut down the local instance this backend started (a cluster it joined stays up)."""
+        """Release the GPU pool; shut down the local instance this backend started (a cluster it
+        joined stays up)."""
+        if self.pool is not None:
+            self.pool.shutdown()
+            self.pool = None
         if self.started:
             ray.shutdown()
             self.started = False

@@ -117,6 +117,10 @@ class BatchRole(BusyClock):
     def assemble(self, parts: list[tuple[TrajectoryBatch, list[int]]]) -> TrajectoryBatch:
         return assemble(parts)
 
+    def head(self, batch: TrajectoryBatch, rows: int) -> TrajectoryBatch:
+        """The first ``rows`` rows (a probe for the weight-sync check)."""
+        return batch.select(list(range(min(rows, len(batch)))))
+
     @busy("advantages")
     def prepare_update(
         self,

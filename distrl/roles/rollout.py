@@ -386,6 +386,16 @@ class Rollout(BusyClock):
         """The engine's log-probs of a fixed response (teacher forcing), for parity checks."""
         return self.engine.sequence_logprobs(prompt_ids, response_ids)
 
+    def teacher_logprobs(self, batch: TrajectoryBatch) -> torch.Tensor:
+        """``[B, T]``: the engine's log-probs of each row's response (0 in the padding), for the
+        check after a weight sync that the engine holds the learner's weights."""
+        out = torch.zeros(batch.response_ids.shape)
+        for row in range(len(batch)):
+            prompt = batch.prompt_ids[row][batch.prompt_mask[row].bool()].tolist()
+            response = batch.response_ids[row][batch.response_mask[row].bool()].tolist()
+            out[row, : len(response)] = torch.tensor(self.engine.sequence_logprobs(prompt, response))
+        return out
+
     def close(self) -> None:
         """Release the engine."""
         self.engine.close()

@@ -6,7 +6,10 @@ whether it works and what it costs.
     python benchmarks/gpu_check.py --device cpu --tiny     # the smoke test `make test` runs
 
 It needs torch, transformers, hydra-core, omegaconf and rich, and neither Ray nor vLLM: the roles
-run in this process (``cluster.backend=inline``) and generate with Hugging Face ``generate``.
+run in this process (``cluster.backend=inline``) and generate with Hugging Face ``generate``. The
+layout is the one-GPU colocated one (``cluster.colocate=true``): the engine releases its GPU
+memory after generating (vLLM sleep mode; the HF engine moves to host memory) and takes it back
+at the weight load, so the learner's peak memory is measured without the engine's.
 Where vLLM is installed (``--engines hf,vllm``, the default when it imports) the same steps run a
 second time with the vLLM engine. Per engine it prints:
 
@@ -69,6 +72,7 @@ def workload(args: argparse.Namespace) -> list[str]:
     gpus = 1 if args.device == "cuda" else 0
     return [
         "cluster.backend=inline",
+        "cluster.colocate=true",
         "algorithm=grpo",
         f"cluster.rollout.gpus={gpus}",
         f"cluster.learner.gpus={gpus}",

@@ -250,6 +250,7 @@ SYNCS = {
     "collective": ["cluster.weight_sync=collective"],
     "object_store_delta": ["cluster.weight_sync=object_store", "rollout.sync_delta=true"],
     "collective_delta": ["cluster.weight_sync=collective", "rollout.sync_delta=true"],
+    "ipc": ["cluster.weight_sync=ipc"],
 }
 
 
@@ -314,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-engine-comparison", action="store_true", help="skip vLLM vs HF generate")
     parser.add_argument("--modes", action="store_true", help="compare sync, sync pinned and async (see above)")
     parser.add_argument("--syncs", action="store_true", help="compare the weight-sync paths (object store, "
-                        "collective, each with and without deltas) at lr 1e-6")  # fmt: skip
+                        "collective, each with and without deltas; ipc) at lr 1e-6")  # fmt: skip
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides, e.g. algorithm=gspo")
     args = parser.parse_args(argv)
     if args.modes:

@@ -333,6 +333,8 @@ class ClusterConfig:
     """Learner ranks (one FSDP2 group)."""
     rollout_engines: int = 1
     """vLLM engines; each generates a shard of the prompts."""
+    critics: int = 1
+    """Critic ranks (one FSDP2 group, data-parallel update; PPO with a 7B critic needs several)."""
     references: int = 1
     """Reference ranks; each holds the whole frozen model and computes a shard of each batch's
     reference log-probs (data parallel). Colocated, rank r sits on the learner pool's GPU r."""
@@ -357,8 +359,11 @@ class ClusterConfig:
     weight_sync: str = "auto"
     """How weights reach the engines. object_store: a value the controller hands from the learner to
     the engines (on Ray, the object store) | collective: learner rank 0 broadcasts to every engine
-    worker through a process group of its own (NCCL on GPUs, gloo on CPU; Ray backend) | auto:
-    collective when learners and engines each hold whole GPUs of their own, else object_store."""
+    worker through a process group of its own (NCCL on GPUs, gloo on CPU; Ray backend) | ipc: each
+    learner rank hands the engine beside it (same GPU, or same host on CPU) a handle on the gathered
+    weights, read in place (CUDA IPC; shared memory on CPU; one node; rollout.sync_delta has nothing
+    to save there) | auto: ipc when colocated on GPUs, collective when learners and engines each hold
+    whole GPUs of their own, else object_store."""
     backend: str = "ray"
     """ray: each role a group of Ray actors, batches and weights through the object store |
     inline: every role an object in this process, called in order (one learner rank, one engine,
@@ -368,7 +373,7 @@ class ClusterConfig:
 #: The truncated-IS cap asynchronous mode uses when ``algorithm.tis_cap`` is unset (TIS-2).
 ASYNC_TIS_CAP = 2.0
 #: ``cluster.weight_sync`` names.
-WEIGHT_SYNCS = ("auto", "object_store", "collective")
+WEIGHT_SYNCS = ("auto", "object_store", "collective", "ipc")
 #: ``learner.precision`` names and the compute dtype each stands for.
 PRECISIONS = {"fp32": "float32", "bf16": "bfloat16"}
 #: ``learner.lr`` for the built-in tiny model when unset.
@@ -435,6 +440,8 @@ class Config:
         c = self.cluster
         if c.weight_sync != "auto":
             return c.weight_sync
+        if c.colocate and c.learner.gpus > 0:
+            return "ipc"
         whole_gpus = c.learner.gpus >= 1 and c.rollout.gpus >= 1
         return "collective" if whole_gpus and c.backend == "ray" else "object_store"
 
@@ -545,6 +552,7 @@ def validate(cfg: Config) -> None:
         ("cluster.learners", cfg.cluster.learners),
         ("cluster.rollout_engines", cfg.cluster.rollout_engines),
         ("cluster.references", cfg.cluster.references),
+        ("cluster.critics", cfg.cluster.critics),
     ):
         _check(value >= 1, f"{key}={value} must be >= 1")
     for role in ("rollout", "learner", "reference", "critic", "reward"):
@@ -587,6 +595,12 @@ def _validate_gpus(cfg: Config) -> None:
         f"cluster.learner.gpus={c.learner.gpus:g} with {c.learners} learner ranks: each rank owns one whole GPU "
         "(NCCL refuses two ranks on one GPU); set cluster.learner.gpus=1, or cluster.colocate=true to share each "
         "rank's GPU with an engine",
+    )
+    _check(
+        c.critics == 1 or c.critic.gpus in (0.0, 1.0) or (c.colocate and c.critics <= c.learners),
+        f"cluster.critic.gpus={c.critic.gpus:g} with {c.critics} critic ranks: Ray could put two FSDP ranks on one "
+        "GPU, which NCCL refuses; set cluster.critic.gpus=1, or cluster.colocate=true with at most one critic rank "
+        "per learner GPU",
     )
     plan_gpus(cfg, reference=cfg.algorithm.needs_reference, critic=cfg.critic_enabled)
 
@@ -639,6 +653,11 @@ def _validate_backend(cfg: Config) -> None:
         c.weight_sync in WEIGHT_SYNCS, f"cluster.weight_sync={c.weight_sync!r} is not one of {', '.join(WEIGHT_SYNCS)}"
     )
     _check(
+        cfg.weight_sync != "ipc" or c.learner.gpus == 0 or c.colocate,
+        "cluster.weight_sync=ipc hands each engine a handle on its learner rank's GPU memory, which only a process "
+        "on the same GPU can open; set cluster.colocate=true, or use cluster.weight_sync=collective",
+    )
+    _check(
         not (c.backend == "inline" and c.weight_sync == "collective"),
         "cluster.weight_sync=collective broadcasts from the learner while the engines receive, at the same time, "
         "but cluster.backend=inline calls one role after another; use cluster.weight_sync=object_store (or auto)",
@@ -651,9 +670,10 @@ def _validate_backend(cfg: Config) -> None:
         "one process, one call after another; use trainer.mode=sync, or cluster.backend=ray",
     )
     _check(
-        c.learners == 1 and c.rollout_engines == 1,
-        f"cluster.backend=inline runs one learner rank and one rollout engine (got cluster.learners={c.learners}, "
-        f"cluster.rollout_engines={c.rollout_engines}); set both to 1, or use cluster.backend=ray",
+        c.learners == 1 and c.rollout_engines == 1 and c.critics == 1,
+        f"cluster.backend=inline runs one learner rank, one critic rank and one rollout engine (got "
+        f"cluster.learners={c.learners}, cluster.critics={c.critics}, cluster.rollout_engines={c.rollout_engines}); "
+        "set them to 1, or use cluster.backend=ray",
     )
     for role in ("rollout", "learner", "reference", "critic", "reward"):
         cores = getattr(c, role).cores

@@ -123,14 +123,11 @@ class Trainer:
             self.reference = group("reference", Reference, c.references, c.reference, args=(self.initial_model, cfg))
         self.critic: RoleGroup | None = None
         if cfg.critic_enabled:
-            critic_state = str(self.resumed / "critic") if self.resumed else None
-            self.critic = group("critic", Critic, 1, c.critic, args=(self.initial_model, cfg), ranked=False,
-                                kwargs={"state": critic_state})  # fmt: skip
-        address, port = None, None
-        if c.learners > 1:
-            address, port = self.learner.node_address(0), self.get(self.learner.call_rank(0, "free_port"), "learner")
-        optimizer_state = str(self.resumed / "optimizer.pt") if self.resumed else None
-        self.get(self.learner.call("setup", address, port, optimizer_state), "learner")
+            self.critic = group("critic", Critic, c.critics, c.critic, args=(self.initial_model, cfg))
+        setups = self.setup_calls(self.learner, str(self.resumed / "optimizer.pt") if self.resumed else None)
+        if self.critic is not None:
+            setups += self.setup_calls(self.critic, str(self.resumed / "critic") if self.resumed else None)
+        self.get(setups, "learner or critic")
         if cfg.weight_sync == "collective":
             self.join_weight_sync()
         self.sync_bytes, self.full_sync_next = 0, False
@@ -152,6 +149,14 @@ class Trainer:
         saved_values = state.get("prompt_values", state.get("pvpo_values", {}))  # the key before the roles split
         self.collector.prompt_values = {int(k): v for k, v in saved_values.items()}
 
+    def setup_calls(self, group: RoleGroup, state: str | None) -> list[Handle]:
+        """Every rank's ``setup``: where the group's process group meets (several ranks) and the
+        checkpoint state to resume from."""
+        address = port = None
+        if len(group) > 1:
+            address, port = group.node_address(0), self.get(group.call_rank(0, "free_port"), group.role)
+        return group.call("setup", address, port, state)
+
     def _group(self, bundles: dict[str, list[int]], role: str, *args, **kwargs) -> RoleGroup:
         """A role group, in its GPU-pool bundles where the layout puts it there."""
         return self.backend.group(role, *args, bundles=bundles.get(role), **kwargs)
@@ -160,7 +165,9 @@ class Trainer:
         """Logical CPUs for a local Ray instance: every role's bundles, rounded up."""
         c, alg = self.cfg.cluster, self.cfg.algorithm
         total = c.rollout_engines * c.rollout.cpus + c.learners * c.learner.cpus + c.reward.cpus
-        total += c.references * c.reference.cpus * alg.needs_reference + c.critic.cpus * self.cfg.critic_enabled
+        total += (
+            c.references * c.reference.cpus * alg.needs_reference + c.critics * c.critic.cpus * self.cfg.critic_enabled
+        )
         return max(1, math.ceil(total))
 
     # ------------------------------------------------------------------ the loop
@@ -254,9 +261,9 @@ class Trainer:
         metrics averaged."""
         policy = self.learner.call("update", batch, step, self.kl_coef)
         critic = self.critic.call("update", batch, step) if self.critic else []
-        ranks = self.get(policy, "learner")
-        metrics = {k: sum(r[k] for r in ranks) / len(ranks) for k in ranks[0]}
-        return {**metrics, **(self.get(critic, "critic")[0] if critic else {})}
+        ranks = self.get(policy, "learner") + (self.get(critic, "critic") if critic else [])
+        keys = {k for r in ranks for k in r}
+        return {k: sum(r[k] for r in ranks if k in r) / sum(k in r for r in ranks) for k in keys}
 
     def join_weight_sync(self) -> None:
         """Build the weight-sync process group: learner rank 0, then every engine's workers in turn
@@ -282,6 +289,14 @@ class Trainer:
             sent = self.learner.call("broadcast_weights", dtype, full)
             loaded = self.rollout.call("receive_weights", self.version)
             self.sync_bytes = self.get(sent + loaded, "learner or rollout")[0]
+        elif self.cfg.weight_sync == "ipc":  # engine e reads learner rank e's buffer on their GPU
+            shared = self.learner.call("share_weights", dtype)
+            engines = len(self.rollout)
+            loaded = [self.rollout.call_rank(e, "load_weights", shared[e % len(shared)], self.version)
+                      for e in range(engines)]  # fmt: skip
+            self.sync_bytes = self.get(shared[0], "learner").layout.nbytes
+            self.get(loaded, "rollout")
+            self.get(self.learner.call("release_shared"), "learner")
         else:
             update, nbytes = self.learner.call_rank(0, "weights_update", dtype, full, num_returns=2)
             others = [
@@ -297,7 +312,8 @@ class Trainer:
         probe = self.batches.call_rank(0, "head", batch, max(SYNC_PROBE_ROWS, self.cfg.cluster.learners))
         learner = self.learner.call("logprobs", probe)
         engines = self.rollout.call("teacher_logprobs", probe)
-        rows, learner, engines = self.get([probe, learner, engines], "rollout or learner")
+        rows, *values = self.get([probe, *learner, *engines], "rollout or learner")
+        learner, engines = values[: len(learner)], values[len(learner) :]
         mask, learner = rows.response_mask.bool(), torch.cat(learner).float().cpu()
         gaps = [float((engine - learner).abs()[mask].max()) if mask.any() else 0.0 for engine in engines]
         worst = max(range(len(gaps)), key=gaps.__getitem__)

@@ -110,7 +110,8 @@ def test_overrides_compose_on_a_preset():
             r"tensor_parallel_size=2 runs one vLLM worker per GPU.*set cluster.rollout.gpus=2",
         ),
         (["rollout=hf", "rollout.tensor_parallel_size=2"], r"tensor_parallel_size=2 needs rollout.engine=vllm"),
-        (["cluster.weight_sync=nccl"], r"cluster.weight_sync='nccl' is not one of auto, object_store, collective"),
+        (["cluster.weight_sync=nccl"], r"cluster.weight_sync='nccl' is not one of auto, object_store, collective, ipc"),
+        (["cluster=gpu", "cluster.weight_sync=ipc"], r"only a process on the same GPU can open.*cluster.colocate=true"),
         (["cluster.backend=inline", "cluster.weight_sync=collective"], r"one role after another.*object_store"),
         (["cluster.colocate=true", "trainer.mode=async"], r"take the GPUs in turn.*trainer.mode=sync"),
     ],
@@ -303,10 +304,11 @@ def test_the_gpu_cluster_preset_gives_each_role_its_gpus_and_vllm_most_of_its_gp
 
 @pytest.mark.parametrize(
     ("overrides", "path"),
-    [([], "object_store"), (["cluster=gpu"], "collective"), (["cluster=gpu_1"], "object_store"),
-     (["cluster=gpu", "cluster.backend=inline"], "object_store"), (["cluster.weight_sync=collective"], "collective")],
+    [([], "object_store"), (["cluster=gpu"], "collective"),
+     (["cluster=gpu", "cluster.backend=inline"], "object_store"), (["cluster.weight_sync=collective"], "collective"),
+     (["cluster=gpu_node_colocated"], "ipc"), (["cluster=gpu_1"], "ipc")],
 )  # fmt: skip
-def test_auto_weight_sync_is_collective_only_where_roles_hold_whole_gpus_of_their_own(overrides, path):
+def test_auto_weight_sync_picks_ipc_when_colocated_and_collective_on_gpus_of_their_own(overrides, path):
     assert composed(*overrides).weight_sync == path
 
 

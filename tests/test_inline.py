@@ -45,7 +45,8 @@ def test_inline_trains_in_this_process_and_a_breakpoint_in_a_role_stops_here(tin
     ("overrides", "message"),
     [
         (["trainer.mode=async"], r"trainer.mode=async .* cluster.backend=inline .* use trainer.mode=sync"),
-        (["cluster.learners=2"], r"one learner rank and one rollout engine .* cluster.learners=2"),
+        (["cluster.learners=2"], r"one learner rank, one critic rank and one rollout engine .* cluster.learners=2"),
+        (["cluster.critics=2"], r"one critic rank .* cluster.critics=2"),
         (["cluster.learner.cores=[0]"], r"cluster.learner.cores=\[0\] pins a Ray actor"),
     ],
 )

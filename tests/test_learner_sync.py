@@ -213,3 +213,39 @@ def test_engine_logprobs_are_the_learners_at_any_sampling_temperature(tiny_confi
         mismatch[temperature] = float(diff.sum() / batch.response_mask.sum())  # rollout/logprob_diff
     # the engine reports log-probs of softmax(z / T), the distribution it sampled from, as the learner does
     assert mismatch[1.0] < 1e-4 and mismatch[0.7] < 1e-4, mismatch
+
+
+@pytest.mark.ray
+def test_two_fsdp_critic_ranks_give_the_same_values_and_update_as_one(tiny_config, ray_local, tmp_path):
+    from distrl.backends.ray_backend import RayBackend
+    from distrl.models.loading import load_critic
+    from distrl.roles.critic import Critic
+
+    cfg = tiny_config("algorithm=ppo", "critic.lr=0.01", "learner.micro_batch_tokens=16")
+    path = prepare_policy(cfg)
+    results = {}
+    for count in (1, 2):
+        backend = RayBackend(num_cpus=8)
+        group = backend.group("critic", Critic, count, cfg.cluster.critic, args=(path, cfg))
+        try:
+            address = port = None
+            if count > 1:
+                address, port = group.node_address(0), backend.get(group.call_rank(0, "free_port"), "critic")
+            backend.get(group.call("setup", address, port, None), "critic")
+            batch = update_batch()
+            values = torch.cat(backend.get(group.call("values", batch), "critic"))
+            batch.token["values"] = values
+            batch.token["returns"] = torch.full_like(values, 0.5) * batch.response_mask
+            metrics = backend.get(group.call("update", batch, 0), "critic")
+            backend.get(group.call("save", str(tmp_path / f"ranks{count}")), "critic")
+            results[count] = (values, metrics, torch.load(tmp_path / f"ranks{count}" / "critic" / "critic.pt"))
+        finally:
+            group.shutdown()
+    (v1, m1, w1), (v2, m2, w2) = results[1], results[2]
+    assert torch.equal(v1, v2)  # the zero head: 0 everywhere, split by rank and put back in order
+    loss2 = sum(m["critic/loss"] for m in m2) / 2
+    assert m1[0]["critic/loss"] == pytest.approx(loss2, rel=0.2)  # each rank's mean over its own shard
+    initial = load_critic(path).state_dict()
+    assert max(float((w1[k] - initial[k]).abs().max()) for k in w1) > 1e-3  # the update moved the critic
+    for name in w1:  # the same update from one rank and from two (up to float summation order)
+        assert torch.allclose(w1[name], w2[name], atol=1e-4), name

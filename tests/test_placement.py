@@ -43,6 +43,12 @@ def test_several_learner_ranks_on_fractions_of_a_gpu_are_refused_unless_colocate
         validate(composed("cluster=gpu", "cluster.learners=4", "cluster.learner.gpus=0.5"))
 
 
+def test_several_critic_ranks_on_fractions_of_a_gpu_are_refused_unless_colocated():
+    with pytest.raises(ConfigError, match=r"cluster.critic.gpus=0.5 with 2 critic ranks.*NCCL refuses"):
+        validate(composed("cluster=gpu", "algorithm=ppo", "cluster.critics=2"))
+    validate(composed(*COLOCATED_4, "algorithm=ppo", "cluster.critics=2"))
+
+
 def test_a_layout_larger_than_the_cluster_names_what_it_needs_and_has():
     layout = plan_gpus(composed("cluster=gpu_node"), reference=True, critic=True)
     with pytest.raises(PlacementError, match=r"needs 8 GPU\(s\): 4 for the learner ranks' pool and 4 .* has 4"):

@@ -83,6 +83,7 @@ def test_the_reference_scores_like_the_initial_learner_and_gives_its_weights(pol
 def test_the_critic_starts_at_zero_and_its_update_fits_the_returns(policy):
     cfg, path = policy
     critic = Critic(path, cfg)
+    critic.setup()
     batch = fixed_batch()
     values = critic.values(batch)
     assert values.shape == batch.response_mask.shape and values.abs().max() == 0.0  # zero-initialised head
@@ -96,6 +97,7 @@ def test_the_critic_starts_at_zero_and_its_update_fits_the_returns(policy):
 def test_a_nonfinite_critic_update_is_skipped_and_leaves_the_weights(policy):
     cfg, path = policy
     critic = Critic(path, cfg)
+    critic.setup()
     batch = fixed_batch()
     batch.token["values"] = critic.values(batch)
     batch.token["returns"] = torch.full_like(batch.response_mask, float("nan"))
@@ -227,6 +229,7 @@ def test_every_roles_forward_moves_the_batch_to_the_models_device(policy):
     batch = fixed_batch()
     learner, reference, critic = Learner(path, cfg), Reference(path, cfg), Critic(path, cfg)
     learner.setup()
+    critic.setup()
     vocab = len(build_tokenizer())
     learner.model, reference.model, critic.model = (DeviceCheckingModel(w) for w in (vocab, vocab, 1))
     assert learner.logprobs(batch).shape == batch.response_mask.shape

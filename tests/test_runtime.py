@@ -125,10 +125,12 @@ def test_ray_and_inline_backends_give_the_same_steps(tiny_config, tmp_path):
     assert results["ray"][1]["policy/kl_ref"] > 0  # the policy moved away from the reference
 
 
-def test_collective_delta_sync_gives_the_same_steps_as_the_object_store(tiny_config, tmp_path):
-    """Ray, learner rank 0 broadcasting deltas over gloo, against one process handing the same deltas over."""
+def test_collective_delta_and_ipc_syncs_give_the_same_steps_as_the_object_store(tiny_config, tmp_path):
+    """Ray: learner rank 0 broadcasting deltas over gloo, or handing the engine a shared-memory handle;
+    against one process handing the same deltas over."""
     runs = {
         "collective": ["cluster.backend=ray", "cluster.weight_sync=collective", "rollout.sync_delta=true"],
+        "ipc": ["cluster.backend=ray", "cluster.weight_sync=ipc"],
         "object_store": ["cluster.backend=inline", "cluster.weight_sync=object_store", "rollout.sync_delta=true"],
     }
     results = {}
@@ -137,14 +139,27 @@ def test_collective_delta_sync_gives_the_same_steps_as_the_object_store(tiny_con
                           f"trainer.output_dir={tmp_path / name}")  # fmt: skip
         trainer, results[name] = train(cfg)
         assert trainer.cfg.weight_sync == name
-    collective, whole = results["collective"], results["object_store"]
-    for step in range(3):
-        assert collective[step]["reward/mean"] == whole[step]["reward/mean"], step  # the same samples
-        assert collective[step]["rollout/logprob_diff"] == pytest.approx(whole[step]["rollout/logprob_diff"], abs=1e-6)
-        assert collective[step]["rollout/logprob_diff"] < 1e-2  # the engine holds the learner's bf16 weights
-    sent = [m["weight_sync/bytes"] for m in collective]
+    whole = results["object_store"]
+    for name in ("collective", "ipc"):
+        for step in range(3):
+            assert results[name][step]["reward/mean"] == whole[step]["reward/mean"], (name, step)  # the same samples
+            diff = results[name][step]["rollout/logprob_diff"]
+            assert diff == pytest.approx(whole[step]["rollout/logprob_diff"], abs=1e-6), (name, step)
+            assert diff < 1e-2  # the engine holds the learner's bf16 weights
+    sent = [m["weight_sync/bytes"] for m in results["collective"]]
     assert sent == [m["weight_sync/bytes"] for m in whole]
     assert 0 < sent[2] < sent[0] / 2  # the first sync sends the whole buffer, then what changed at lr 1e-6
+    assert [m["weight_sync/bytes"] for m in results["ipc"]] == [sent[0]] * 3  # read in place, whole
+
+
+def test_collective_sync_reaches_every_tensor_parallel_worker(tiny_config):
+    """Two vLLM workers per engine (multiprocess executor in the actor), each a rank of the sync group."""
+    cfg = tiny_config("cluster.weight_sync=collective", "rollout.tensor_parallel_size=2", "cluster.sync_check_every=1",
+                      SPREAD, "learner.lr=0.01")  # fmt: skip
+    _, metrics = train(cfg)
+    for step in metrics:  # each sync checked: the engine's log-probs are the learner's
+        assert step["weight_sync/max_logprob_diff"] < 0.05, step["weight_sync/max_logprob_diff"]
+    assert metrics[-1]["policy/kl_ref"] > 0  # the weights did move
 
 
 def test_dynamic_sampling_without_any_reward_spread_stops_naming_the_fix_and_keeps_the_steps_done(tiny_config):

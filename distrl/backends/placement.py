@@ -4,10 +4,10 @@ each, and the roles that colocate with them pinned to the same bundles.
 Ray packs fractional GPU requests onto whichever GPU fits best, so two learner ranks asking for
 0.5 GPU each can land on one GPU (NCCL then fails with "Duplicate GPU detected"). Here every
 learner rank gets a bundle of exactly one GPU; with ``cluster.colocate=true`` engine ``e`` joins
-bundle ``e``, reference rank ``r`` bundle ``r`` and the critic bundle 1 (mod the pool size), each with its
-fraction of that one GPU, so the roles that take a GPU in turn (sleep mode) share the right one.
-Without colocation (disaggregated) engines, reference and critic keep placement groups of their
-own. The pool is one STRICT_PACK placement group per node, ordered by node and GPU.
+bundle ``e``, reference rank ``r`` bundle ``r`` and critic rank ``k`` bundle ``k + 1`` (mod the
+pool size), each with its fraction of that one GPU, so the roles that take a GPU in turn (sleep
+mode) share the right one. Without colocation (disaggregated) engines, reference and critic keep
+placement groups of their own. The pool is one STRICT_PACK placement group per node, ordered by node and GPU.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ def plan_gpus(cfg: Config, reference: bool = True, critic: bool = False) -> GpuL
     if c.learner.gpus <= 0:
         return GpuLayout()
     counts = {"learner": c.learners, "rollout": c.rollout_engines,
-              "reference": c.references if reference else 0, "critic": int(critic)}  # fmt: skip
+              "reference": c.references if reference else 0, "critic": c.critics if critic else 0}  # fmt: skip
     layout = GpuLayout(pool=c.learners, bundles={"learner": list(range(c.learners))})
     if c.colocate:
         for role, first in (("rollout", 0), ("reference", 0), ("critic", 1)):

@@ -41,10 +41,30 @@ class FlatLayout:
             size += -(-int(np.prod(shape, dtype=np.int64)) * item // ALIGN) * ALIGN
         return cls(list(shapes), [tuple(s) for s in shapes.values()], offsets, str(dtype).removeprefix("torch."), size)
 
+    def empty_tensor(self, device: torch.device) -> TensorFlat:
+        """An uninitialised buffer of this layout as a torch tensor on ``device``."""
+        return TensorFlat(self, torch.empty(self.nbytes, dtype=torch.uint8, device=device))
+
     def zeros(self) -> FlatWeights:
         """A zero-filled buffer of this layout (the alignment padding stays zero, so two buffers of
         the same weights are byte-equal)."""
         return FlatWeights(self.names, self.shapes, self.offsets, self.dtype, np.zeros(self.nbytes, dtype=np.uint8))
+
+
+@dataclass
+class TensorFlat:
+    """A flat buffer held as a torch ``uint8`` tensor (on a GPU, or in host memory) with its layout:
+    the same ``items()`` as :class:`FlatWeights`, as views into the tensor."""
+
+    layout: FlatLayout
+    buffer: torch.Tensor
+
+    def items(self) -> Iterator[tuple[str, torch.Tensor]]:
+        dtype = getattr(torch, self.layout.dtype)
+        size = torch.empty((), dtype=dtype).element_size()
+        for name, shape, start in zip(self.layout.names, self.layout.shapes, self.layout.offsets, strict=True):
+            count = int(np.prod(shape, dtype=np.int64))
+            yield name, self.buffer[start : start + count * size].view(dtype).view(shape)
 
 
 @dataclass

@@ -14,7 +14,6 @@ from __future__ import annotations
 import functools
 import itertools
 import math
-import os
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,27 +22,23 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 from torch.distributed.checkpoint.state_dict import (
-    StateDictOptions,
     get_model_state_dict,
     get_optimizer_state_dict,
     set_optimizer_state_dict,
 )
-from torch.distributed.device_mesh import init_device_mesh
-from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import DTensor
 
 from distrl.algorithms import POLICY_LOSSES, ROLLOUT_CORRECTIONS, aggregate_loss, kl_penalty, policy_loss
-from distrl.config import PRECISIONS, Config
+from distrl.config import Config
 from distrl.data.batch import TrajectoryBatch, shard_bounds
-from distrl.models.flat import FlatLayout, FlatWeights
+from distrl.models.flat import FlatLayout, FlatWeights, TensorFlat
 from distrl.models.forward import response_logprobs, stack_rows
-from distrl.models.loading import decoder_layers, load_policy, load_tokenizer, set_gradient_checkpointing
-from distrl.roles.resources import actor_device, compute_precision, sharing_cores
+from distrl.models.loading import load_policy, load_tokenizer, set_gradient_checkpointing
+from distrl.roles.fsdp import FULL_STATE, leave_group, shard_model
+from distrl.roles.resources import actor_device, sharing_cores
 from distrl.roles.timing import BusyClock, busy
 from distrl.roles.update import make_optimizer, run_update
-from distrl.roles.weight_sync import DeltaEncoder, SyncGroup, WeightUpdate, send_update
-
-FULL_STATE = StateDictOptions(full_state_dict=True, cpu_offload=True)
+from distrl.roles.weight_sync import DeltaEncoder, SharedWeights, SyncGroup, WeightUpdate, send_update
 
 
 @dataclass(frozen=True)
@@ -105,6 +100,7 @@ class Learner(BusyClock):
         self.objective = PolicyObjective.from_config(cfg)
         self.encoder = DeltaEncoder(delta=cfg.rollout.sync_delta)
         self.sync_group: dist.ProcessGroup | None = None
+        self.shared: TensorFlat | None = None
 
     def free_port(self) -> int:
         """A free port on this rank's node, for the process group's rendezvous (rank 0)."""
@@ -118,21 +114,10 @@ class Learner(BusyClock):
             self.device
         )
         set_gradient_checkpointing(model, self.cfg.gradient_checkpointing)
-        self.compute = compute_precision(self.cfg.learner.precision, self.device)
-        if self.world_size > 1:  # one rank holds the whole model: FSDP's hooks would only add work
-            backend = "nccl" if self.device.type == "cuda" else "gloo"
-            os.environ.setdefault("TORCH_NCCL_ASYNC_ERROR_HANDLING", "1")
-            dist.init_process_group(
-                backend, init_method=f"tcp://{address}:{port}", rank=self.rank, world_size=self.world_size
-            )
-            mesh = init_device_mesh(self.device.type, (self.world_size,))
-            mp = MixedPrecisionPolicy(param_dtype=getattr(torch, PRECISIONS[self.cfg.learner.precision]),
-                                      reduce_dtype=torch.float32)  # fmt: skip
-            for layer in decoder_layers(model):
-                fully_shard(layer, mesh=mesh, mp_policy=mp)
-            model = fully_shard(model, mesh=mesh, mp_policy=mp)
-            self.compute = compute_precision("fp32", self.device)  # FSDP casts the parameters itself
-        self.model = model
+        self.model, self.compute = shard_model(
+            model, precision=self.cfg.learner.precision, device=self.device,
+            rank=self.rank, world_size=self.world_size, address=address, port=port,
+        )  # fmt: skip
         learner = self.cfg.learner
         self.optimizer, self.scheduler = make_optimizer(
             self.model.parameters(),
@@ -146,7 +131,7 @@ class Learner(BusyClock):
             saved = torch.load(optimizer_state, map_location="cpu", weights_only=False)
             set_optimizer_state_dict(self.model, self.optimizer, saved["optimizer"], options=FULL_STATE)
             self.scheduler.load_state_dict(saved["scheduler"])
-        return sum(p.numel() for p in model.parameters())
+        return sum(p.numel() for p in self.model.parameters())
 
     @torch.no_grad()
     @busy("old_logprob")
@@ -299,6 +284,25 @@ class Learner(BusyClock):
             send_update(self.sync_group, update)
         return nbytes
 
+    def share_weights(self, dtype: str) -> SharedWeights:
+        """The whole weights in ``dtype`` gathered on every rank into a buffer on this rank's device,
+        and a handle the engine on the same GPU (or host) opens (``cluster.weight_sync=ipc``; a
+        collective). The buffer lives until :meth:`release_shared`."""
+        state = self.model.state_dict()
+        flat = FlatLayout.for_shapes({k: v.shape for k, v in state.items()}, getattr(torch, dtype)).empty_tensor(
+            self.device
+        )
+        for (_, view), tensor in zip(flat.items(), state.values(), strict=True):
+            view.copy_(tensor.full_tensor() if isinstance(tensor, DTensor) else tensor.detach())
+        self.shared = flat
+        return SharedWeights.share(flat)
+
+    def release_shared(self) -> None:
+        """Free the buffer of :meth:`share_weights` once the engines have loaded it."""
+        self.shared = None
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
     def save(self, folder: str) -> None:
         """Write a Hugging Face folder (weights, config, tokenizer) plus ``optimizer.pt`` (collective)."""
         weights = get_model_state_dict(self.model, options=FULL_STATE)
@@ -312,5 +316,4 @@ class Learner(BusyClock):
 
     def close(self) -> None:
         """Leave the process group (several ranks)."""
-        if self.world_size > 1 and dist.is_initialized():
-            dist.destroy_process_group()
+        leave_group(self.world_size)

@@ -24,7 +24,7 @@ from distrl.models.flat import FlatLayout, FlatWeights
 from distrl.models.loading import load_policy, load_tokenizer
 from distrl.roles.resources import actor_device
 from distrl.roles.timing import BusyClock, busy
-from distrl.roles.weight_sync import ShadowWeights, SyncGroup, WeightUpdate, receive_update
+from distrl.roles.weight_sync import ShadowWeights, SharedWeights, SyncGroup, WeightUpdate, receive_update
 
 
 @dataclass
@@ -337,13 +337,16 @@ class Rollout(BusyClock):
         self.version = version
 
     @busy("weight_load")
-    def load_weights(self, weights: WeightUpdate | FlatWeights, version: int) -> int:
-        """Load the learner's update (Ray resolves the object reference, zero-copy), or whole weights
-        from elsewhere (the reference's, for PVPO), and adopt ``version``."""
-        if isinstance(weights, FlatWeights):
-            self.shadow.forget()
-        else:
+    def load_weights(self, weights: WeightUpdate | SharedWeights | FlatWeights, version: int) -> int:
+        """Load the learner's update (Ray resolves the object reference, zero-copy), its weights in
+        its own memory (``ipc``: opened by handle, read in place), or whole weights from elsewhere
+        (the reference's, for PVPO); adopt ``version``."""
+        if isinstance(weights, WeightUpdate):
             weights = self.shadow.apply(weights)
+        else:
+            self.shadow.forget()
+            if isinstance(weights, SharedWeights):
+                weights = weights.open()
         with self.awake():
             self.engine.load_weights(weights)
         self.version = version

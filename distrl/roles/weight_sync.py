@@ -14,19 +14,26 @@ update it applies to (``base``); a receiver holding anything else refuses it.
 the learner to every engine (on Ray, through the object store). ``collective``: learner rank 0
 broadcasts it through a process group of its own (:class:`SyncGroup`: gloo on CPU, NCCL on GPUs) to
 every engine worker, bucket by bucket; the group is built from a TCP store outside any default
-process group, so FSDP's group and vLLM's tensor-parallel group are untouched.
+process group, so FSDP's group and vLLM's tensor-parallel group are untouched. ``ipc``: each
+learner rank gathers the whole buffer in its own memory and hands the engine colocated with it a
+handle (:class:`SharedWeights`: CUDA IPC on a GPU, a shared-memory file on CPU); the engine reads
+the tensors in place, nothing is copied between processes.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
+from typing import Any
 
 import numpy as np
 import torch
 import torch.distributed as dist
+import torch.multiprocessing
+from torch.multiprocessing.reductions import reduce_tensor
 
-from distrl.models.flat import FlatLayout, FlatWeights
+from distrl.models.flat import FlatLayout, FlatWeights, TensorFlat
 
 #: Bytes per broadcast: large enough to amortise each call, small enough for a staging buffer on a GPU.
 BUCKET_BYTES = 256 * 2**20
@@ -197,3 +204,25 @@ def receive_update(pg: dist.ProcessGroup, layout: FlatLayout, bucket_bytes: int 
     _broadcast(pg, indices, bucket_bytes)
     _broadcast(pg, values, bucket_bytes)
     return WeightUpdate(serial, base=base, indices=indices, values=values)
+
+
+@dataclass
+class SharedWeights:
+    """A buffer in another process's memory on this GPU or host, passed by handle: ``rebuild(*args)``
+    opens it (torch's multiprocessing reductions)."""
+
+    layout: FlatLayout
+    rebuild: Callable[..., torch.Tensor]
+    args: tuple[Any, ...]
+
+    @classmethod
+    def share(cls, flat: TensorFlat) -> SharedWeights:
+        """A handle on ``flat``, which the sender must keep alive until every reader has loaded it."""
+        if flat.buffer.device.type == "cpu":  # a file in shared memory any process on this host can open
+            torch.multiprocessing.set_sharing_strategy("file_system")
+            flat.buffer.share_memory_()
+        rebuild, args = reduce_tensor(flat.buffer)
+        return cls(flat.layout, rebuild, args)
+
+    def open(self) -> TensorFlat:
+        return TensorFlat(self.layout, self.rebuild(*self.args))

@@ -54,6 +54,8 @@ TINY = {
     "num_heads": 2,
     "intermediate_size": 256,
 }  # head size 64, as vLLM's CPU kernels need
+#: The one GPU's shares (the roles are colocated in the learner's one-GPU bundle).
+GPU_SHARES = {"learner": 0.5, "rollout": 0.3, "reference": 0.2}
 #: Role → the phases whose peak memory is that role's.
 ROLE_PHASES = {
     "rollout": ("generation", "weight_load"),
@@ -69,14 +71,13 @@ def digit_share(data_source: str, solution_str: str, ground_truth: str | None, e
 
 def workload(args: argparse.Namespace) -> list[str]:
     """Overrides for the check's job (the engine is added per run)."""
-    gpus = 1 if args.device == "cuda" else 0
+    share = GPU_SHARES if args.device == "cuda" else dict.fromkeys(GPU_SHARES, 0.0)
     return [
         "cluster.backend=inline",
         "cluster.colocate=true",
+        f"cluster.weight_sync={args.weight_sync}",
         "algorithm=grpo",
-        f"cluster.rollout.gpus={gpus}",
-        f"cluster.learner.gpus={gpus}",
-        f"cluster.reference.gpus={gpus}",
+        *(f"cluster.{role}.gpus={gpus}" for role, gpus in share.items()),
         "model.dtype=bfloat16",
         "learner.precision=bf16",
         "learner.lr=1e-6",
@@ -171,6 +172,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument(
         "--engines", default=None, help="comma-separated: hf, vllm (default: hf, and vllm if installed)"
     )
+    parser.add_argument("--weight-sync", default="auto", help="cluster.weight_sync: auto (ipc on the GPU), "
+                        "object_store")  # fmt: skip
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--prompts", type=int, default=32)
     parser.add_argument("--samples", type=int, default=8)

@@ -48,7 +48,7 @@ import numpy as np
 from distrl.config import compose_config
 from distrl.models.flat import FlatWeights
 from distrl.models.prepare import prepare_policy
-from distrl.roles.rollout import ENGINES
+from distrl.roles.rollout import ENGINES, EngineSettings
 from distrl.trainer import Trainer
 
 PHASES = ("generation_wait", "generation", "reward", "logprobs", "advantages", "update", "weight_sync")
@@ -149,7 +149,7 @@ def engine_tokens_per_s(engine_name: str, model_path: str, cfg, prompts: list[li
     """Generated tokens/s of one engine, in this process, after one warm-up call."""
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-    engine = ENGINES[engine_name](model_path, cfg.rollout, max_model_len=512, seed=0)
+    engine = ENGINES[engine_name](model_path, cfg.rollout, EngineSettings(max_model_len=512, seed=0))
     engine.generate(prompts[:1], n=cfg.rollout.n, seed=0)  # the workload's rollout.*: every response runs to the end
     start = time.perf_counter()
     out = engine.generate(prompts, n=cfg.rollout.n, seed=1)

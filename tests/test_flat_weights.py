@@ -92,10 +92,10 @@ def test_roles_running_at_once_split_the_cores_only_when_they_use_all_of_them():
 def test_hf_engine_loads_flat_weights_into_its_parameters(tmp_path):
     from distrl.config import RolloutConfig
     from distrl.models.tiny import build_tiny_model
-    from distrl.roles.rollout import HFEngine
+    from distrl.roles.rollout import EngineSettings, HFEngine
 
     path = build_tiny_model(tmp_path / "m", hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64, seed=0)
-    engine = HFEngine(str(path), RolloutConfig(engine="hf"), max_model_len=64, seed=0)
+    engine = HFEngine(str(path), RolloutConfig(engine="hf"), EngineSettings(max_model_len=64, seed=0))
     new = {k: v + 0.5 for k, v in engine.model.state_dict().items()}
     engine.load_weights(FlatWeights.from_tensors(new, torch.float32))
     for name, tensor in engine.model.state_dict().items():

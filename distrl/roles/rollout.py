@@ -27,6 +27,18 @@ from distrl.roles.timing import BusyClock, busy
 from distrl.roles.weight_sync import ShadowWeights, SharedWeights, SyncGroup, WeightUpdate, receive_update
 
 
+@dataclass(frozen=True)
+class EngineSettings:
+    """What an engine is built with besides ``rollout.*``: its context length, sampling seed,
+    ``model.trust_remote_code``, and whether it releases its GPU memory between generations
+    (``cluster.colocate``)."""
+
+    max_model_len: int
+    seed: int
+    trust_remote_code: bool = False
+    sleep_mode: bool = False
+
+
 @dataclass
 class Generation:
     """One sampled response: token ids, their engine log-probs, and whether max_new_tokens cut it."""
@@ -71,33 +83,24 @@ class VllmEngine:
     the batch then draws its noise at once (V1 runner) or each request's seed from that RNG (the
     V2 runner's hashed noise)."""
 
-    def __init__(
-        self,
-        model_path: str,
-        cfg: RolloutConfig,
-        *,
-        max_model_len: int,
-        seed: int,
-        trust_remote_code: bool = False,
-        sleep_mode: bool = False,
-    ) -> None:
+    def __init__(self, model_path: str, cfg: RolloutConfig, settings: EngineSettings) -> None:
         from vllm import LLM
 
         self.cfg = cfg
         on_gpu = torch.cuda.is_available()
-        self.sleep_mode = sleep_mode and on_gpu  # vLLM's CPU build has no sleep mode
+        self.sleep_mode = settings.sleep_mode and on_gpu  # vLLM's CPU build has no sleep mode
         self.llm = LLM(
             model=model_path,
             dtype="bfloat16" if on_gpu else "float32",
-            seed=seed,
-            max_model_len=max_model_len,
+            seed=settings.seed,
+            max_model_len=settings.max_model_len,
             tensor_parallel_size=cfg.tensor_parallel_size,
             distributed_executor_backend="mp" if cfg.tensor_parallel_size > 1 else "uni",
             gpu_memory_utilization=cfg.gpu_memory_utilization,
             enforce_eager=cfg.enforce_eager if cfg.enforce_eager is not None else not on_gpu,
             enable_prefix_caching=True,
             logprobs_mode="processed_logprobs",  # of the temperature-scaled distribution, as the learner's
-            trust_remote_code=trust_remote_code,
+            trust_remote_code=settings.trust_remote_code,
             enable_sleep_mode=self.sleep_mode,
         )
 
@@ -176,21 +179,13 @@ class HFEngine:
     """Hugging Face ``generate`` with sampling; slow, for fallback and parity tests. On the GPU when
     one is visible (a rollout role with ``cluster.rollout.gpus`` > 0), else on the CPU."""
 
-    def __init__(
-        self,
-        model_path: str,
-        cfg: RolloutConfig,
-        *,
-        max_model_len: int,
-        seed: int,
-        trust_remote_code: bool = False,
-        sleep_mode: bool = False,
-    ) -> None:
+    def __init__(self, model_path: str, cfg: RolloutConfig, settings: EngineSettings) -> None:
         self.cfg = cfg
-        self.sleep_mode = sleep_mode
+        self.sleep_mode = settings.sleep_mode
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        self.model = load_policy(model_path, trust_remote_code=trust_remote_code).to(self.device).eval()
-        self.tokenizer = load_tokenizer(model_path, trust_remote_code=trust_remote_code)
+        trust = settings.trust_remote_code
+        self.model = load_policy(model_path, trust_remote_code=trust).to(self.device).eval()
+        self.tokenizer = load_tokenizer(model_path, trust_remote_code=trust)
 
     @torch.no_grad()
     def generate(self, prompts: Sequence[list[int]], *, n: int, seed: int) -> list[list[Generation]]:
@@ -297,8 +292,8 @@ class Rollout(BusyClock):
         logging.getLogger("vllm.model_executor.model_loader.reload.layerwise").addFilter(_RotaryReloadNotice())
         self.cfg = cfg
         self.tokenizer = load_tokenizer(model_path, trust_remote_code=trust_remote_code)
-        self.engine = ENGINES[cfg.engine](model_path, cfg, max_model_len=max_model_len, seed=seed + rank,
-                                          trust_remote_code=trust_remote_code, sleep_mode=colocated)  # fmt: skip
+        settings = EngineSettings(max_model_len, seed + rank, trust_remote_code, sleep_mode=colocated)
+        self.engine = ENGINES[cfg.engine](model_path, cfg, settings)
         self.version = 0
         self.asleep = False
         self.shadow = ShadowWeights(keep=cfg.sync_delta)

@@ -7,10 +7,11 @@ never leaves a half checkpoint that ``resume=auto`` would pick.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 STATE_FILE = "trainer_state.json"
 
@@ -59,3 +60,41 @@ def resolve(resume: str, output_dir: str | Path) -> Path | None:
 
 def read_state(path: Path) -> dict[str, Any]:
     return json.loads((path / STATE_FILE).read_text())
+
+
+LOCK_FILE = ".distrl.lock"
+
+
+class OutputDirError(RuntimeError):
+    """``trainer.output_dir`` is in use by a live job, or holds a run that would be overwritten."""
+
+
+def claim_output_dir(output_dir: str | Path, *, resume: str, overwrite: bool) -> IO[str]:
+    """Take ``output_dir`` for this job: an exclusive lock held while the returned file stays open
+    (the OS drops it when the process ends, however it ends; ``flock`` is per host, so two jobs on
+    different nodes sharing a network filesystem are not caught). With ``resume=none`` a folder
+    holding an earlier run's checkpoints or metrics is refused unless ``overwrite``, which then
+    removes them, so ``resume=auto`` can never pick the older run's step afterwards."""
+    folder = Path(output_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    lock = (folder / LOCK_FILE).open("w")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError as err:
+        lock.close()
+        raise OutputDirError(
+            f"another distrl job is writing to trainer.output_dir={str(folder)!r}; two jobs there would corrupt "
+            "each other's metrics and checkpoints. Wait for it, stop it, or use another trainer.output_dir"
+        ) from err
+    earlier = [p for p in (folder / "checkpoints", folder / "metrics.jsonl") if p.exists()]
+    if resume == "none" and earlier:
+        if not overwrite:
+            lock.close()
+            raise OutputDirError(
+                f"trainer.output_dir={str(folder)!r} holds an earlier run ({', '.join(p.name for p in earlier)}); "
+                "trainer.resume=auto continues it, trainer.overwrite=true replaces it, or use another "
+                "trainer.output_dir"
+            )
+        for path in earlier:
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+    return lock

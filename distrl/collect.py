@@ -54,6 +54,7 @@ class RolloutStats:
     truncated: list[float] = field(default_factory=list)
     policy_versions: list[float] = field(default_factory=list)
     errors: int = 0
+    timeouts: int = 0
     first_error: str | None = None
     filtered_groups: int = 0
     rounds: int = 0
@@ -62,6 +63,7 @@ class RolloutStats:
         for name in ("raw_scores", "accuracy", "lengths", "prompt_lengths", "truncated", "policy_versions"):
             getattr(self, name).extend(getattr(summary, name))
         self.errors += summary.errors
+        self.timeouts += summary.timeouts
         self.first_error = self.first_error or summary.first_error
 
     def metrics(self) -> dict[str, float]:
@@ -70,6 +72,7 @@ class RolloutStats:
             "reward/mean": sum(raw) / len(raw),
             "reward/std": float(torch.tensor(raw).std()) if len(raw) > 1 else 0.0,
             "reward/errors": float(self.errors),
+            "reward/timeouts": float(self.timeouts),
             "response_length/mean": sum(lengths) / len(lengths),
             "response_length/max": float(max(lengths)),
             "response_length/clip_ratio": sum(self.truncated) / len(lengths),

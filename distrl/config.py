@@ -235,6 +235,14 @@ class RewardConfig:
     """A sequence-classification reward model folder."""
     batched: bool = False
     """The user function takes lists (verl's batch signature) instead of one sample."""
+    workers: int | None = None
+    """Processes the user function runs in (distrl/rewards/isolated.py): a call that hangs, exits or
+    crashes fails its sample and its process is replaced; 0 runs it in the reward role's own process
+    (a ``breakpoint()`` there then works). ``None``: 2, or 0 with ``cluster.backend=inline``."""
+    timeout_s: float = 60.0
+    """Seconds one call may take (a sample; the whole list when batched) before it fails as a timeout."""
+    memory_mb: int | None = None
+    """Address-space cap of each worker process in MiB (None: none)."""
 
 
 @dataclass
@@ -287,6 +295,13 @@ class TrainerConfig:
 
     total_steps: int = 200
     output_dir: str = "runs/default"
+    overwrite: bool = False
+    """With ``resume=none``, replace an earlier run's checkpoints and metrics in ``output_dir``
+    (otherwise such a folder is refused, naming the choices)."""
+    role_timeout_s: float = 3600.0
+    """The longest the controller waits for any role's answer (a phase of a step, a checkpoint)
+    before it stops the run naming the role (Ray backend; inline calls run in this thread). The
+    roles' start (loading models, starting engines) may take up to 30 minutes, or this if longer."""
     save_every: int = 0
     """Checkpoint every this many steps (0 = only at the end)."""
     resume: str = "none"
@@ -428,6 +443,13 @@ class Config:
         if self.learner.lr is not None:
             return self.learner.lr
         return TINY_MODEL_LR if self.model.path is None else REAL_MODEL_LR
+
+    @property
+    def reward_workers(self) -> int:
+        """Reward worker processes in force (see :attr:`RewardConfig.workers`)."""
+        if self.reward.workers is not None:
+            return self.reward.workers
+        return 0 if self.cluster.backend == "inline" else 2
 
     @property
     def critic_enabled(self) -> bool:
@@ -572,6 +594,22 @@ def validate(cfg: Config) -> None:
         "learner.mini_batches > 1, or algorithm.kl.in_reward=true); leave learner.old_logprob_pass unset",
     )
     _check_nonnegative(cfg.learner, "learner", "lr", "weight_decay")
+    _check(cfg.learner.grad_clip > 0, f"learner.grad_clip={cfg.learner.grad_clip} must be > 0 (e.g. 1.0)")
+    _check(
+        cfg.rollout.sync_dtype in ("bfloat16", "float32"),
+        f"rollout.sync_dtype={cfg.rollout.sync_dtype!r} is not bfloat16 or float32 (the engines' weight dtype)",
+    )
+    _check(
+        cfg.trainer.max_nonfinite_steps >= 1,
+        f"trainer.max_nonfinite_steps={cfg.trainer.max_nonfinite_steps} must be >= 1 (the skipped updates in a row "
+        "that stop the run)",
+    )
+    _check(cfg.trainer.role_timeout_s > 0, f"trainer.role_timeout_s={cfg.trainer.role_timeout_s} must be > 0 (seconds)")
+    _check(cfg.reward.timeout_s > 0, f"reward.timeout_s={cfg.reward.timeout_s} must be > 0 (seconds per call)")
+    _check(
+        cfg.reward.workers is None or cfg.reward.workers >= 0,
+        f"reward.workers={cfg.reward.workers} must be >= 0 (0: in the reward role's process)",
+    )
     _check(cfg.learner.precision in PRECISIONS, f"learner.precision={cfg.learner.precision!r} is not fp32 or bf16")
     _check(cfg.model.dtype in ("float32", "bfloat16"), f"model.dtype={cfg.model.dtype!r} is not float32 or bfloat16")
     _check(cfg.trainer.mode in ("sync", "async"), f"trainer.mode={cfg.trainer.mode!r} is not sync or async")

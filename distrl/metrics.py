@@ -32,7 +32,11 @@ METRIC_GLOSSARY: dict[str, str] = {
     "policy/pg_loss": "Policy-gradient part of the loss (without the KL and entropy terms), per micro-batch mean.",
     "reward/std": "Standard deviation of the step's response rewards across the whole batch.",
     "reward/accuracy": "Fraction of the step's responses a verifier judged correct (rule-based rewards).",
-    "reward/errors": "Responses whose reward function raised or timed out (scored as failures).",
+    "reward/errors": (
+        "Responses whose reward function raised, returned a non-number, timed out or whose worker process died "
+        "(scored 0)."
+    ),
+    "reward/timeouts": "Of reward/errors, the calls that ran past reward.timeout_s (their worker was replaced).",
     "response_length/mean": "Mean response length in tokens.",
     "response_length/max": "Longest response in tokens.",
     "response_length/clip_ratio": "Fraction of responses truncated at rollout.max_new_tokens.",

@@ -7,7 +7,11 @@ from __future__ import annotations
 
 import functools
 import math
+import signal
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -15,13 +19,14 @@ import torch
 
 from distrl import checkpoint
 from distrl.algorithms import adaptive_kl_coef
-from distrl.backends import Handle, RoleDiedError, RoleGroup, make_backend
+from distrl.backends import Handle, RoleDiedError, RoleGroup, RoleTimeoutError, make_backend
 from distrl.backends.placement import bundle_cpus, plan_gpus
 from distrl.collect import Collected, Collector, OneStepOffCollector, TrainingError
 from distrl.config import Config, RoleResources
 from distrl.data.arithmetic import make_problems
-from distrl.data.records import PromptRecord, PromptStream, load_records
+from distrl.data.records import PromptRecord, PromptStream, drop_long_prompts, load_records
 from distrl.metrics import MetricsLogger
+from distrl.models.loading import load_tokenizer
 from distrl.models.prepare import prepare_policy
 from distrl.rewards import RewardScorer
 from distrl.roles.batches import BatchRole
@@ -35,6 +40,9 @@ from distrl.roles.weight_sync import SyncGroup
 
 __all__ = ["NonFiniteGuard", "Trainer", "TrainingError", "load_prompts"]
 
+#: The deadline for the roles' start (loading models, starting engines, joining process groups),
+#: which can take far longer than a step's phase on a large model.
+STARTUP_TIMEOUT_S = 1800.0
 #: Rows of the step's batch each engine scores in the weight-sync check (at least one per learner rank).
 SYNC_PROBE_ROWS = 4
 
@@ -66,6 +74,38 @@ def load_prompts(cfg: Config) -> list[PromptRecord]:
     return records
 
 
+@dataclass
+class StopRequest:
+    """The signal that asked the run to stop (``None``: none yet)."""
+
+    signal: str | None = None
+
+
+@contextmanager
+def stop_requests() -> Iterator[StopRequest]:
+    """While the block runs (in the main thread), SIGTERM and SIGINT set :attr:`StopRequest.signal`
+    so that the loop stops after the current step, whose update then is whole; a second signal
+    raises ``KeyboardInterrupt`` at once."""
+    request = StopRequest()
+    if threading.current_thread() is not threading.main_thread():
+        yield request
+        return
+
+    def handler(signum: int, frame: object) -> None:
+        if request.signal:
+            raise KeyboardInterrupt
+        request.signal = signal.Signals(signum).name
+        print(f"distrl: {request.signal}: finishing this step, saving a checkpoint, then stopping "
+              "(send it again to stop at once)", flush=True)  # fmt: skip
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield request
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
 class Trainer:
     """Owns the roles, the prompt stream and the loop."""
 
@@ -86,6 +126,17 @@ class Trainer:
 
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
+        self.lock = checkpoint.claim_output_dir(cfg.trainer.output_dir, resume=cfg.trainer.resume,
+                                                overwrite=cfg.trainer.overwrite)  # fmt: skip
+        try:
+            self._start(cfg)
+        except BaseException:
+            self.lock.close()  # a job that never started leaves its folder free
+            raise
+
+    def _start(self, cfg: Config) -> None:
+        """Check the inputs, start the roles, restore a checkpoint's state."""
+        self.startup_timeout_s = max(STARTUP_TIMEOUT_S, cfg.trainer.role_timeout_s)
         alg, c = cfg.algorithm, cfg.cluster
         # Cheap checks first: data, reward function, checkpoint — before any role starts.
         self.records = load_prompts(cfg)
@@ -95,6 +146,12 @@ class Trainer:
         self.resumed = checkpoint.resolve(cfg.trainer.resume, cfg.trainer.output_dir)
         state = checkpoint.read_state(self.resumed) if self.resumed else {}
         self.initial_model = state.get("initial_model") or prepare_policy(cfg)
+        tokenizer = load_tokenizer(self.initial_model, trust_remote_code=cfg.model.trust_remote_code)
+        self.records, dropped = drop_long_prompts(self.records, tokenizer, cfg.data.max_prompt_len,
+                                                  skip=cfg.data.skip_bad_rows)  # fmt: skip
+        if dropped:
+            print(f"distrl: dropped {dropped} prompt(s) longer than data.max_prompt_len={cfg.data.max_prompt_len} "
+                  "tokens (data.skip_bad_rows=true)")  # fmt: skip
         policy_path = str(self.resumed) if self.resumed else self.initial_model
         self.start_step = state.get("step", 0)
         self.kl_coef = state.get("kl_coef", alg.kl.coef)
@@ -106,7 +163,8 @@ class Trainer:
         self.nonfinite = NonFiniteGuard(cfg.trainer.max_nonfinite_steps)
 
         layout = plan_gpus(cfg, reference=alg.needs_reference, critic=cfg.critic_enabled)
-        self.backend = make_backend(c.backend, num_cpus=c.num_cpus or self._cpus_needed())
+        self.backend = make_backend(c.backend, num_cpus=c.num_cpus or self._cpus_needed(),
+                                    timeout_s=cfg.trainer.role_timeout_s)  # fmt: skip
         self.backend.reserve_gpus(layout, bundle_cpus(cfg, layout))
         group = functools.partial(self._group, layout.bundles)
         self.rollout = group(
@@ -127,12 +185,12 @@ class Trainer:
         setups = self.setup_calls(self.learner, str(self.resumed / "optimizer.pt") if self.resumed else None)
         if self.critic is not None:
             setups += self.setup_calls(self.critic, str(self.resumed / "critic") if self.resumed else None)
-        self.get(setups, "learner or critic")
+        self.get(setups, "learner or critic", self.startup_timeout_s)
         if cfg.weight_sync == "collective":
             self.join_weight_sync()
         self.sync_bytes, self.full_sync_next = 0, False
         self.version = self.start_step
-        self.get(self.rollout.call("set_version", self.version), "rollout")
+        self.get(self.rollout.call("set_version", self.version), "rollout", self.startup_timeout_s)
 
         self.metrics = MetricsLogger(
             cfg.trainer.output_dir,
@@ -154,7 +212,8 @@ class Trainer:
         checkpoint state to resume from."""
         address = port = None
         if len(group) > 1:
-            address, port = group.node_address(0), self.get(group.call_rank(0, "free_port"), group.role)
+            address = group.node_address(0)
+            port = self.get(group.call_rank(0, "free_port"), group.role, self.startup_timeout_s)
         return group.call("setup", address, port, state)
 
     def _group(self, bundles: dict[str, list[int]], role: str, *args, **kwargs) -> RoleGroup:
@@ -173,40 +232,63 @@ class Trainer:
     # ------------------------------------------------------------------ the loop
 
     def fit(self) -> dict[str, float]:
-        """Run from the start (or resumed) step to ``trainer.total_steps``; returns the summary."""
+        """Run from the start (or resumed) step to ``trainer.total_steps``; returns the summary.
+        SIGTERM or SIGINT (a preemption, Ctrl-C) ends the run after the current step, with a
+        checkpoint; a second one stops at once."""
         cfg = self.cfg
-        last_saved, saved_step = self.resumed, self.start_step
+        self.last_saved, self.saved_step = self.resumed, self.start_step
         try:
-            if self.cfg.algorithm.needs_prompt_values and not self.collector.prompt_values:
-                self.estimate_prompt_values()
-            for step in range(self.start_step, cfg.trainer.total_steps):
-                try:
-                    metrics = self.step(step)
-                except TrainingError as err:  # the steps done so far are sound: keep them
-                    if step > saved_step:
-                        last_saved, saved_step = self.save(step), step
-                    raise TrainingError(
-                        f"{err}. Last checkpoint: {last_saved or 'none'} (continue with trainer.resume=auto)"
-                    ) from err
-                self.metrics.log(step + 1, metrics)
-                skipped = metrics["train/nonfinite_skipped"] + metrics.get("critic/nonfinite_skipped", 0.0)
-                if skipped:
-                    self.metrics.print(f"distrl: step {step + 1}: NaN/inf gradient, update skipped")
-                self.nonfinite.observe(skipped > 0, last_saved)
-                every = cfg.trainer.save_every
-                if (every and (step + 1) % every == 0) or step + 1 == cfg.trainer.total_steps:
-                    last_saved, saved_step = self.save(step + 1), step + 1
-                if cfg.algorithm.needs_prompt_values and (step + 1) % cfg.algorithm.pvpo_refresh_every == 0:
+            with stop_requests() as stop:
+                if cfg.algorithm.needs_prompt_values and not self.collector.prompt_values:
                     self.estimate_prompt_values()
+                for step in range(self.start_step, cfg.trainer.total_steps):
+                    self.after_step(step, self.checked_step(step))
+                    if stop.signal:
+                        saved = self.save_if_new(step + 1)
+                        raise TrainingError(f"stopped by {stop.signal} after step {step + 1}; saved {saved} "
+                                            "(continue with trainer.resume=auto)")  # fmt: skip
+        except RoleTimeoutError as err:
+            raise TrainingError(f"{err}. The run stopped; last checkpoint: {self.last_saved or 'none'} "
+                                "(continue with trainer.resume=auto)") from err  # fmt: skip
         except RoleDiedError as err:
             dead = [f"{g.role} (rank {r})" for g in self.groups() for r in g.dead_ranks()]
             raise TrainingError(
-                f"{', '.join(dead) or 'an'} actor died; the run stopped. Last checkpoint: {last_saved or 'none'} "
-                "(continue with trainer.resume=auto)"
+                f"{', '.join(dead) or 'an'} actor died; the run stopped. Last checkpoint: "
+                f"{self.last_saved or 'none'} (continue with trainer.resume=auto)"
             ) from err
         finally:
             summary = self.metrics.close()
         return summary
+
+    def checked_step(self, step: int) -> dict[str, float]:
+        """:meth:`step`; a :class:`TrainingError` in it first saves the steps done so far (they are sound)."""
+        try:
+            return self.step(step)
+        except TrainingError as err:
+            saved = self.save_if_new(step)
+            raise TrainingError(
+                f"{err}. Last checkpoint: {saved or 'none'} (continue with trainer.resume=auto)"
+            ) from err
+
+    def after_step(self, step: int, metrics: dict[str, float]) -> None:
+        """Log the step, watch for NaN/inf updates, checkpoint when due, refresh PVPO's values."""
+        cfg = self.cfg
+        self.metrics.log(step + 1, metrics)
+        skipped = metrics["train/nonfinite_skipped"] + metrics.get("critic/nonfinite_skipped", 0.0)
+        if skipped:
+            self.metrics.print(f"distrl: step {step + 1}: NaN/inf gradient, update skipped")
+        self.nonfinite.observe(skipped > 0, self.last_saved)
+        every = cfg.trainer.save_every
+        if (every and (step + 1) % every == 0) or step + 1 == cfg.trainer.total_steps:
+            self.save_if_new(step + 1)
+        if cfg.algorithm.needs_prompt_values and (step + 1) % cfg.algorithm.pvpo_refresh_every == 0:
+            self.estimate_prompt_values()
+
+    def save_if_new(self, done: int) -> Path | None:
+        """A checkpoint after ``done`` steps unless the last one is that; the latest checkpoint."""
+        if done > self.saved_step:
+            self.last_saved, self.saved_step = self.save(done), done
+        return self.last_saved
 
     def step(self, step: int) -> dict[str, float]:
         """One RL step; returns its metrics.
@@ -278,7 +360,7 @@ class Trainer:
         first = [1 + sum(ranks[:e]) for e in range(len(ranks))]
         joins = self.learner.call("join_weight_sync", group)
         joins += [self.rollout.call_rank(e, "join_weight_sync", group, first[e], layout) for e in range(len(ranks))]
-        self.get(joins, "learner or rollout")
+        self.get(joins, "learner or rollout", self.startup_timeout_s)
 
     def sync_weights(self) -> None:
         """Learner rank 0's weights (the whole flat buffer, or what changed) → every rollout engine,
@@ -407,9 +489,9 @@ class Trainer:
         }
         return checkpoint.finish(staging, state)
 
-    def get(self, handles: Handle | list[Handle], role: str):
+    def get(self, handles: Handle | list[Handle], role: str, timeout_s: float | None = None):
         """The values of ``handles`` (see :meth:`distrl.backends.Backend.get`)."""
-        return self.backend.get(handles, role)
+        return self.backend.get(handles, role, timeout_s)
 
     def groups(self) -> list[RoleGroup]:
         """The role groups this run started."""
@@ -422,3 +504,4 @@ class Trainer:
         for group in self.groups():
             group.shutdown()
         self.backend.shutdown()
+        self.lock.close()

@@ -183,7 +183,7 @@ def test_clip_fraction_counts_only_binding_clips(w, a, low, high):
     (g,) = torch.autograd.grad(loss, lp)
     binds = (a > 0 and w > 1 + high) or (a < 0 and w < 1 - low)
     assert m["policy/clip_frac"].item() == float(binds)
-    if a != 0:
+    if abs(a) > 1e-12:  # (a subnormal advantage's gradient underflows to 0 whether or not the clip binds)
         assert (g.item() == 0) == binds
 
 

@@ -103,6 +103,11 @@ def test_overrides_compose_on_a_preset():
         (["cluster.learner.threads=-1"], r"cluster.learner.threads=-1 is negative"),
         (["cluster.rollout.cores=[]"], r"cluster.rollout.cores=\[\] must be a non-empty list"),
         (["rollout.engine=sglang"], r"rollout.engine='sglang' is not vllm or hf"),
+        (["learner.grad_clip=-1"], r"learner.grad_clip=-1.0 must be > 0"),
+        (["rollout.sync_dtype=int8"], r"rollout.sync_dtype='int8' is not bfloat16 or float32"),
+        (["trainer.max_nonfinite_steps=0"], r"trainer.max_nonfinite_steps=0 must be >= 1"),
+        (["reward.timeout_s=0"], r"reward.timeout_s=0.0 must be > 0"),
+        (["trainer.role_timeout_s=-1"], r"trainer.role_timeout_s=-1.0 must be > 0"),
         (["rollout.gpu_memory_utilization=0"], r"rollout.gpu_memory_utilization=0.0 must be in \(0, 1\]"),
         (["rollout.tensor_parallel_size=0"], r"rollout.tensor_parallel_size=0 must be >= 1"),
         (

@@ -441,3 +441,15 @@ def test_scorer_pickles_as_its_settings_and_reloads_in_another_process():
         [sys.executable, "-c", code], input=pickle.dumps(scorer), capture_output=True, check=True, timeout=60
     )
     assert done.stdout.decode().strip() == "[1.0]"
+
+
+@pytest.mark.parametrize("value", [1e300, -1e20, 2e6])
+def test_an_absurd_score_fails_its_sample_instead_of_breaking_the_advantages(value):
+    from distrl.rewards.base import ResultBuilder
+
+    builder = ResultBuilder([sample("1")] * 2)
+    builder.record(0, value)
+    builder.record(1, 1.0)
+    result = builder.result()
+    assert result.scores == [0.0, 1.0] and result.errors == 1
+    assert "rescale the reward" in result.first_error

@@ -2,6 +2,8 @@
 called in this process, checked against hand-computed numbers and the direction of learning."""
 
 import math
+import pickle
+from pathlib import Path
 
 import pytest
 import torch
@@ -300,3 +302,23 @@ def test_gradient_checkpointing_gives_the_same_update(tiny_config):
     assert results[True] == pytest.approx(results[False], rel=1e-5)
     assert tiny_config().gradient_checkpointing is False
     assert compose_config(["model=hf", "model.path=/models/qwen"]).gradient_checkpointing is True
+
+
+class _RunsCode:
+    """Pickles as a call to ``Path.touch(marker)``: what a crafted checkpoint file could run."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_a_crafted_checkpoint_file_is_refused_without_running_its_code(policy, tmp_path):
+    cfg, path = policy
+    marker = tmp_path / "ran"
+    crafted = tmp_path / "optimizer.pt"
+    torch.save({"optimizer": _RunsCode(marker), "scheduler": {}}, crafted)
+    with pytest.raises(pickle.UnpicklingError):
+        Learner(path, cfg).setup(optimizer_state=str(crafted))
+    assert not marker.exists()

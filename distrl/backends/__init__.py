@@ -8,13 +8,14 @@ without Ray. Both implement :class:`~distrl.backends.base.Backend`; Ray is impor
 
 from __future__ import annotations
 
-from distrl.backends.base import Backend, Handle, RoleDiedError, RoleGroup
+from distrl.backends.base import Backend, Handle, RoleDiedError, RoleGroup, RoleTimeoutError
 
 BACKENDS = ("ray", "inline")
 
 
-def make_backend(name: str, *, num_cpus: int) -> Backend:
-    """The backend called ``name``; ``num_cpus`` sizes a local Ray instance when one is started."""
+def make_backend(name: str, *, num_cpus: int, timeout_s: float | None = None) -> Backend:
+    """The backend called ``name``; ``num_cpus`` sizes a local Ray instance when one is started;
+    ``timeout_s`` bounds every wait for a role (Ray only: inline calls run in this thread)."""
     if name == "inline":
         from distrl.backends.inline import InlineBackend
 
@@ -22,8 +23,8 @@ def make_backend(name: str, *, num_cpus: int) -> Backend:
     if name == "ray":
         from distrl.backends.ray_backend import RayBackend
 
-        return RayBackend(num_cpus)
+        return RayBackend(num_cpus, timeout_s)
     raise ValueError(f"cluster.backend={name!r} is not one of {', '.join(BACKENDS)}")
 
 
-__all__ = ["BACKENDS", "Backend", "Handle", "RoleDiedError", "RoleGroup", "make_backend"]
+__all__ = ["BACKENDS", "Backend", "Handle", "RoleDiedError", "RoleGroup", "RoleTimeoutError", "make_backend"]

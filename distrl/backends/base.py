@@ -24,6 +24,11 @@ class RoleDiedError(RuntimeError):
     """A member of a role died; the message names the role."""
 
 
+class RoleTimeoutError(RuntimeError):
+    """A role did not answer within the backend's deadline (``trainer.role_timeout_s``); the
+    message names the role and the deadline."""
+
+
 class RoleGroup(ABC):
     """The ``count`` members of one role. Member i of a ranked role was built with ``rank=i,
     world_size=count``."""
@@ -81,8 +86,9 @@ class Backend(ABC):
         """Check the cluster holds ``layout`` and reserve its GPU pool (nothing to do in one process)."""
 
     @abstractmethod
-    def get(self, handles: Handle | list[Handle], role: str) -> Any:
-        """The values of ``handles``; :class:`RoleDiedError` naming ``role`` if a member died meanwhile."""
+    def get(self, handles: Handle | list[Handle], role: str, timeout_s: float | None = None) -> Any:
+        """The values of ``handles``; :class:`RoleDiedError` naming ``role`` if a member died meanwhile,
+        :class:`RoleTimeoutError` past ``timeout_s`` (default: the backend's deadline)."""
 
     @abstractmethod
     def wait(self, handles: list[Handle]) -> None:

@@ -71,7 +71,7 @@ class InlineBackend(Backend):
     def reserve_gpus(self, layout: GpuLayout, bundle_cpus: list[float]) -> None:
         return None
 
-    def get(self, handles: Handle | list[Handle], role: str) -> Any:
+    def get(self, handles: Handle | list[Handle], role: str, timeout_s: float | None = None) -> Any:
         return handles
 
     def wait(self, handles: list[Handle]) -> None:

@@ -19,7 +19,7 @@ from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-from distrl.backends.base import Backend, Handle, RoleDiedError, RoleGroup
+from distrl.backends.base import Backend, Handle, RoleDiedError, RoleGroup, RoleTimeoutError
 from distrl.backends.placement import GpuLayout, check_capacity, node_chunks
 from distrl.config import RoleResources
 
@@ -179,8 +179,9 @@ class RayBackend(Backend):
 
     name = "ray"
 
-    def __init__(self, num_cpus: int) -> None:
+    def __init__(self, num_cpus: int, timeout_s: float | None = None) -> None:
         self.started = False
+        self.timeout_s = timeout_s
         self.pool: GpuPool | None = None
         if not ray.is_initialized():
             if os.environ.get("RAY_ADDRESS"):
@@ -209,9 +210,12 @@ class RayBackend(Backend):
         if layout.pool:
             self.pool = GpuPool(bundle_cpus)
 
-    def get(self, handles: Handle | list[Handle], role: str) -> Any:
+    def get(self, handles: Handle | list[Handle], role: str, timeout_s: float | None = None) -> Any:
+        deadline = timeout_s or self.timeout_s
         try:
-            return ray.get(handles)
+            return ray.get(handles, timeout=deadline)
+        except ray.exceptions.GetTimeoutError as err:
+            raise self._timeout(role, deadline) from err
         except _DIED as err:
             raise RoleDiedError(f"an actor died while waiting for the {role} role") from err
         except ray.exceptions.RayTaskError as err:
@@ -221,7 +225,17 @@ class RayBackend(Backend):
 
     def wait(self, handles: list[Handle]) -> None:
         if handles:
-            ray.wait(handles, num_returns=len(handles), fetch_local=False)
+            _, pending = ray.wait(handles, num_returns=len(handles), fetch_local=False, timeout=self.timeout_s)
+            if pending:
+                raise self._timeout("rollout", self.timeout_s)
+
+    @staticmethod
+    def _timeout(role: str, seconds: float) -> RoleTimeoutError:
+        return RoleTimeoutError(
+            f"the {role} role did not answer within {seconds:g} s (trainer.role_timeout_s): a call is stuck "
+            "(a hung reward function with reward.workers=0, a stuck collective, a stuck engine); raise "
+            "trainer.role_timeout_s if the phase is just that slow"
+        )
 
     def shutdown(self) -> None:
         """Release the GPU pool; shut down the local instance this backend started (a cluster it

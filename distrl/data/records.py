@@ -88,6 +88,25 @@ def load_records(
     return records, skipped
 
 
+def drop_long_prompts(
+    records: list[PromptRecord], tokenizer: Any, max_len: int, *, skip: bool
+) -> tuple[list[PromptRecord], int]:
+    """The records whose rendered prompt fits ``max_len`` tokens (``data.max_prompt_len``), and how
+    many were dropped; without ``skip`` (``data.skip_bad_rows``) the first one too long raises
+    :class:`DatasetError` naming it (an engine would otherwise fail on it mid-run)."""
+    texts = [render_prompt(r.prompt, tokenizer) for r in records]
+    lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]] if texts else []
+    kept = [r for r, n in zip(records, lengths, strict=True) if n <= max_len]
+    if len(kept) < len(records) and (not skip or not kept):
+        first = next(i for i, n in enumerate(lengths) if n > max_len)
+        raise DatasetError(
+            f"the prompt of record {records[first].index} (0-based, across data.train_files) is {lengths[first]} "
+            f"tokens, over data.max_prompt_len={max_len} ({len(records) - len(kept)} prompt(s) are); raise "
+            "data.max_prompt_len, or set data.skip_bad_rows=true to drop them (counted)"
+        )
+    return kept, len(records) - len(kept)
+
+
 def render_prompt(prompt: str | list[dict[str, str]], tokenizer: Any) -> str:
     """The text the model sees for ``prompt``.
 

@@ -40,6 +40,16 @@ class ScoreResult:
     """How many samples failed: the scorer raised, or returned a non-number, NaN or infinity."""
     first_error: str | None
     """The first failure's traceback or message, for the log; ``None`` when ``errors == 0``."""
+    timeouts: int = 0
+    """How many of the failures ran past ``reward.timeout_s`` (user functions in worker processes)."""
+    output: str | None = None
+    """What user functions printed, capped (worker processes only)."""
+
+
+#: The largest |score| accepted. A group's advantages are (r − mean) / std in float32: a score of
+#: 1e20 beside scores of order 1 leaves their differences below float32 resolution (all their
+#: advantages become equal), and 1e300 overflows float32 to inf (NaN advantages).
+MAX_ABS_SCORE = 1e6
 
 
 def coerce_score(value: object) -> tuple[float, float | None]:
@@ -68,6 +78,11 @@ def _finite(value: object, what: str) -> float:
         raise ValueError(f"returned {shown} as the {what}, which is not a single number: {exc}") from exc
     if not math.isfinite(number):
         raise ValueError(f"returned {number} as the {what}; a score must be finite")
+    if abs(number) > MAX_ABS_SCORE:
+        raise ValueError(
+            f"returned {number:g} as the {what}; beyond ±{MAX_ABS_SCORE:g} the float32 advantages overflow or lose "
+            "every other score's difference: rescale the reward"
+        )
     return number
 
 

@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from distrl.rewards.base import ResultBuilder, Sample, ScoreResult
+from distrl.rewards.isolated import IsolatedScorer, Isolation
 from distrl.rewards.model import RewardModelScorer
 from distrl.rewards.user import check_signature, load_user_function, score_batched, score_per_sample
 from distrl.rewards.verifiers import BUILTIN_VERIFIERS
@@ -19,11 +20,19 @@ from distrl.rewards.verifiers import BUILTIN_VERIFIERS
 class RewardScorer:
     """Scores lists of :class:`Sample`; built once per reward worker from the ``reward`` config."""
 
-    def __init__(self, function: str | None = None, model_path: str | None = None, batched: bool = False) -> None:
+    def __init__(
+        self,
+        function: str | None = None,
+        model_path: str | None = None,
+        batched: bool = False,
+        isolation: Isolation | None = None,
+    ) -> None:
         """``function``: a user function ``"path/to/file.py:fn"`` (see :mod:`distrl.rewards.user`);
         ``model_path``: a sequence-classification reward model folder; ``batched``: ``function`` takes
-        the whole batch. Bad settings fail here, before training, with ``ValueError`` or
-        ``FileNotFoundError`` saying what is wrong and how to fix it."""
+        the whole batch; ``isolation``: run ``function`` in worker processes with a deadline
+        (:mod:`distrl.rewards.isolated`; ``None`` or 0 workers: in this process). Bad settings fail
+        here, before training, with ``ValueError`` or ``FileNotFoundError`` saying what is wrong and
+        how to fix it. The worker processes start at the first :meth:`score`."""
         if function is not None and model_path is not None:
             raise ValueError(
                 "reward.function and reward.model_path are both set; set one of them "
@@ -34,6 +43,8 @@ class RewardScorer:
         self.function = function
         self.model_path = model_path
         self.batched = batched
+        self.isolation = isolation
+        self._isolated: IsolatedScorer | None = None
         self._user_fn: Callable[..., Any] | None = None
         self._model: RewardModelScorer | None = None
         if function is not None:
@@ -42,9 +53,9 @@ class RewardScorer:
         elif model_path is not None:
             self._model = RewardModelScorer(model_path)
 
-    def __reduce__(self) -> tuple[type[RewardScorer], tuple[str | None, str | None, bool]]:
+    def __reduce__(self) -> tuple[type[RewardScorer], tuple[str | None, str | None, bool, Isolation | None]]:
         """Pickle as the settings: where it is unpickled, the function or model is loaded again."""
-        return (RewardScorer, (self.function, self.model_path, self.batched))
+        return (RewardScorer, (self.function, self.model_path, self.batched, self.isolation))
 
     def check_data_sources(self, sources: Iterable[str]) -> None:
         """With only built-in verifiers, raise ``ValueError`` unless every source has one; the message
@@ -63,6 +74,12 @@ class RewardScorer:
         """Score ``samples`` in order. A sample whose scoring fails scores 0.0 and is counted in
         ``errors``; this never raises for that. With built-in verifiers it raises ``ValueError`` for a
         ``data_source`` without one (what :meth:`check_data_sources` reports before training)."""
+        if self._user_fn is not None and self.isolation is not None and self.isolation.workers > 0:
+            if self._isolated is None:
+                i = self.isolation
+                self._isolated = IsolatedScorer(self.function, batched=self.batched, workers=i.workers,
+                                                timeout_s=i.timeout_s, memory_mb=i.memory_mb)  # fmt: skip
+            return self._isolated.score(samples)
         if self._user_fn is not None:
             return (score_batched if self.batched else score_per_sample)(self._user_fn, samples)
         builder = ResultBuilder(samples)
@@ -84,3 +101,9 @@ class RewardScorer:
                 continue
             builder.record(index, value, accuracy=value)
         return builder.result()
+
+    def close(self) -> None:
+        """Stop the worker processes, if any started."""
+        if self._isolated is not None:
+            self._isolated.close()
+            self._isolated = None

@@ -110,7 +110,20 @@ def check_signature(fn: Callable[..., Any], spec: str, *, batched: bool) -> None
         ) from exc
 
 
-def _run(coroutine: Awaitable[Any]) -> Any:
+def sample_kwargs(sample: Sample) -> dict[str, Any]:
+    """The keyword arguments of a per-sample call (verl's names)."""
+    return dict(zip(PER_SAMPLE_PARAMS, (sample.data_source, sample.response, sample.ground_truth, sample.extra_info),
+                    strict=True))  # fmt: skip
+
+
+def batch_kwargs(samples: list[Sample]) -> dict[str, Any]:
+    """The keyword arguments of a batched call (verl's names)."""
+    columns = ([s.data_source for s in samples], [s.response for s in samples], [s.ground_truth for s in samples],
+               [s.extra_info for s in samples])  # fmt: skip
+    return dict(zip(BATCHED_PARAMS, columns, strict=True))
+
+
+def run_coroutine(coroutine: Awaitable[Any]) -> Any:
     """Run a coroutine to completion from synchronous code, also when this thread runs an event loop."""
 
     async def main() -> Any:
@@ -134,12 +147,7 @@ def score_per_sample(fn: Callable[..., Any], samples: list[Sample]) -> ScoreResu
     pending: dict[int, Awaitable[Any]] = {}
     for index, sample in enumerate(samples):
         try:
-            value = fn(
-                data_source=sample.data_source,
-                solution_str=sample.response,
-                ground_truth=sample.ground_truth,
-                extra_info=sample.extra_info,
-            )
+            value = fn(**sample_kwargs(sample))
         except Exception as exc:
             builder.fail(index, _traceback(exc))
             continue
@@ -152,7 +160,7 @@ def score_per_sample(fn: Callable[..., Any], samples: list[Sample]) -> ScoreResu
         async def gather() -> list[Any]:
             return await asyncio.gather(*pending.values(), return_exceptions=True)
 
-        for index, value in zip(pending, _run(gather()), strict=True):
+        for index, value in zip(pending, run_coroutine(gather()), strict=True):
             if isinstance(value, BaseException):
                 builder.fail(index, _traceback(value))
             else:
@@ -166,29 +174,31 @@ def score_batched(fn: Callable[..., Any], samples: list[Sample]) -> ScoreResult:
     if not samples:
         return builder.result()
     try:
-        values = fn(
-            data_sources=[s.data_source for s in samples],
-            solution_strs=[s.response for s in samples],
-            ground_truths=[s.ground_truth for s in samples],
-            extra_infos=[s.extra_info for s in samples],
-        )
+        values = fn(**batch_kwargs(samples))
         if inspect.isawaitable(values):
-            values = _run(values)
+            values = run_coroutine(values)
     except Exception as exc:
         builder.fail_all(f"the batched reward function raised:\n{_traceback(exc)}")
         return builder.result()
-    expected = len(samples)
-    if isinstance(values, str | bytes | Mapping) or not (isinstance(values, Sized) and isinstance(values, Iterable)):
-        builder.fail_all(
-            f"the batched reward function returned a {type(values).__name__}; "
-            f"it must return a list of {expected} scores (expected length {expected}, one per sample, in order)"
-        )
-    elif len(values) != expected:
-        builder.fail_all(
-            f"the batched reward function returned {len(values)} scores for {expected} samples; "
-            f"it must return one per sample, in order (expected length {expected})"
-        )
+    problem = check_batch_values(values, len(samples))
+    if problem:
+        builder.fail_all(problem)
     else:
         for index, value in enumerate(values):
             builder.record(index, value)
     return builder.result()
+
+
+def check_batch_values(values: Any, expected: int) -> str | None:
+    """What is wrong with a batched function's return value (None: a list of ``expected`` values)."""
+    if isinstance(values, str | bytes | Mapping) or not (isinstance(values, Sized) and isinstance(values, Iterable)):
+        return (
+            f"the batched reward function returned a {type(values).__name__}; "
+            f"it must return a list of {expected} scores (expected length {expected}, one per sample, in order)"
+        )
+    if len(values) != expected:
+        return (
+            f"the batched reward function returned {len(values)} scores for {expected} samples; "
+            f"it must return one per sample, in order (expected length {expected})"
+        )
+    return None

@@ -43,7 +43,7 @@ class Critic(BusyClock):
         cfg = self.cfg
         model = load_critic(self.model_path, "float32", trust_remote_code=cfg.model.trust_remote_code)
         if state is not None:
-            model.load_state_dict(torch.load(Path(state) / "critic.pt", map_location="cpu"))
+            model.load_state_dict(torch.load(Path(state) / "critic.pt", map_location="cpu", weights_only=True))
         set_gradient_checkpointing(model, cfg.gradient_checkpointing)
         self.model, self.compute = shard_model(
             model.to(self.device), precision=cfg.learner.precision, device=self.device,
@@ -62,7 +62,7 @@ class Critic(BusyClock):
             self._load_optimizer(Path(state) / "critic_optimizer.pt")
 
     def _load_optimizer(self, path: Path) -> None:
-        saved = torch.load(path, map_location="cpu", weights_only=False)
+        saved = torch.load(path, map_location="cpu", weights_only=True)
         if "optimizer" not in saved:  # written before the critic had ranks: a plain optimizer state dict
             self.optimizer.load_state_dict(saved)
             return

@@ -128,7 +128,7 @@ class Learner(BusyClock):
             schedule=learner.lr_schedule,
         )
         if optimizer_state is not None:
-            saved = torch.load(optimizer_state, map_location="cpu", weights_only=False)
+            saved = torch.load(optimizer_state, map_location="cpu", weights_only=True)  # a crafted file cannot run code
             set_optimizer_state_dict(self.model, self.optimizer, saved["optimizer"], options=FULL_STATE)
             self.scheduler.load_state_dict(saved["scheduler"])
         return sum(p.numel() for p in self.model.parameters())

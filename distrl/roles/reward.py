@@ -11,7 +11,7 @@ import torch
 from distrl.algorithms import overlong_penalty
 from distrl.config import Config
 from distrl.data.batch import TrajectoryBatch
-from distrl.rewards import RewardScorer, Sample
+from distrl.rewards import Isolation, RewardScorer, Sample
 from distrl.roles.timing import BusyClock, busy
 
 
@@ -32,6 +32,8 @@ class RewardSummary:
     group_ids: list[str]
     errors: int
     """Samples whose scoring failed (scored 0)."""
+    timeouts: int
+    """Of those, the calls past ``reward.timeout_s``."""
     first_error: str | None
 
 
@@ -40,9 +42,9 @@ class Reward(BusyClock):
 
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
-        self.scorer = RewardScorer(
-            function=cfg.reward.function, model_path=cfg.reward.model_path, batched=cfg.reward.batched
-        )
+        r = cfg.reward
+        isolation = Isolation(cfg.reward_workers, r.timeout_s, r.memory_mb)
+        self.scorer = RewardScorer(function=r.function, model_path=r.model_path, batched=r.batched, isolation=isolation)
 
     @busy("reward")
     def score(self, batch: TrajectoryBatch) -> tuple[TrajectoryBatch, RewardSummary]:
@@ -82,6 +84,13 @@ class Reward(BusyClock):
             policy_versions=batch.sample["policy_version"].tolist(),
             group_ids=list(m["group_ids"]),
             errors=result.errors,
+            timeouts=result.timeouts,
             first_error=result.first_error,
         )
+        if result.output:
+            print(result.output, flush=True)
         return batch, summary
+
+    def close(self) -> None:
+        """Stop the reward worker processes."""
+        self.scorer.close()

@@ -31,7 +31,7 @@ run: install
 
 test: install
 	$(VENV)/bin/ruff check .
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=15
 
 # The tests that start neither Ray nor vLLM nor a subprocess: seconds, for the edit-test loop.
 test-fast: install

@@ -289,7 +289,11 @@ def test_cli_stops_a_real_model_at_the_tiny_rate_before_anything_starts(tmp_path
     model = qwen_half_b_config(tmp_path / "model")  # a config and no weights: the check reads nothing else
     out = run_cli(f"model.path={model}", "learner.lr=3e-4", f"trainer.output_dir={tmp_path / 'run'}")
     assert out.returncode == 2 and f"learner.lr=0.0003 with model.path='{model}' (494M parameters)" in out.stderr
-    assert {p.name for p in (tmp_path / "run").iterdir()} <= {".hydra", "train.log"}  # no metrics, no checkpoints
+    assert {p.name for p in (tmp_path / "run").iterdir()} <= {
+        ".hydra",
+        "train.log",
+        ".distrl.lock",
+    }  # no metrics, no checkpoints
 
 
 @pytest.mark.subprocess

@@ -8,7 +8,7 @@ import torch
 
 from distrl.config import RoleResources
 from distrl.models.flat import ALIGN, FlatWeights
-from distrl.roles.resources import sharing_cores, use_cores
+from distrl.roles.resources import set_num_threads, sharing_cores, use_cores
 
 
 def state() -> dict[str, torch.Tensor]:
@@ -47,7 +47,7 @@ def test_views_of_a_read_only_buffer_share_its_memory_without_a_warning():
 def restore_threads():
     threads, affinity, omp = torch.get_num_threads(), os.sched_getaffinity(0), os.environ.get("OMP_NUM_THREADS")
     yield
-    torch.set_num_threads(threads)
+    set_num_threads(threads)
     os.sched_setaffinity(0, affinity)
     if omp is None:
         os.environ.pop("OMP_NUM_THREADS", None)
@@ -77,7 +77,7 @@ def test_pinning_to_a_core_the_node_lacks_names_role_and_the_cores_it_has():
 
 @pytest.mark.usefixtures("restore_threads")
 def test_roles_running_at_once_split_the_cores_only_when_they_use_all_of_them():
-    torch.set_num_threads(4)
+    set_num_threads(4)  # torch's own setter: a vLLM CPU engine built earlier in this process replaces torch's
     with sharing_cores(RoleResources(threads=0), share=2):
         assert torch.get_num_threads() == 2
     assert torch.get_num_threads() == 4

@@ -14,7 +14,7 @@ def test_throughput_benchmark_writes_its_json(tmp_path):
     out = tmp_path / "throughput.json"
     done = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "throughput.py"), "--workload", "quick", "--steps", "1",
-         "--warmup", "1", "--json", str(out)],
+         "--warmup", "0", "--json", str(out)],
         capture_output=True, text=True, timeout=400, cwd=tmp_path,
     )  # fmt: skip
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
@@ -29,7 +29,7 @@ def test_throughput_benchmark_compares_sync_and_async(tmp_path):
     out = tmp_path / "modes.json"
     done = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "throughput.py"), "--workload", "quick", "--steps", "1",
-         "--warmup", "1", "--modes", "--json", str(out)],
+         "--warmup", "0", "--modes", "--json", str(out)],
         capture_output=True, text=True, timeout=600, cwd=tmp_path,
     )  # fmt: skip
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]

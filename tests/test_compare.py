@@ -154,7 +154,7 @@ def test_a_job_prints_its_metrics_and_keeps_its_exit_status(tmp_path: Path) -> N
 
 def run_compare(out: Path, model_cache: Path, *args: str) -> subprocess.CompletedProcess[str]:
     command = [sys.executable, str(ROOT / "benchmarks" / "compare.py"), "--out", str(out), *args]
-    command += [*TINY, f"model.cache_dir={model_cache}"]
+    command += [*TINY, f"model.cache_dir={model_cache}", "cluster.backend=inline"]  # the report, not the backend
     return subprocess.run(command, capture_output=True, text=True, timeout=400, check=False)
 
 

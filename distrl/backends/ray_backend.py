@@ -25,6 +25,8 @@ from distrl.config import RoleResources
 
 #: How long to wait for a placement group's resources before failing with a message.
 PLACEMENT_TIMEOUT_S = 120
+#: How long a member may take to start (build its role) and tell its node's address.
+STARTUP_TIMEOUT_S = 1800.0
 #: How long a member may take to answer a ping before :meth:`RayGroup.dead_ranks` counts it dead.
 PING_TIMEOUT_S = 10.0
 
@@ -60,6 +62,14 @@ class RoleActor:
 
     def node_address(self) -> str:
         return ray.util.get_node_ip_address()
+
+
+def _timeout_error(role: str, seconds: float) -> RoleTimeoutError:
+    return RoleTimeoutError(
+        f"the {role} role did not answer within {seconds:g} s (trainer.role_timeout_s): a call is stuck "
+        "(a hung reward function with reward.workers=0, a stuck collective, a stuck engine); raise "
+        "trainer.role_timeout_s if the phase is just that slow"
+    )
 
 
 def _wait_placed(group: Any, what: str) -> None:
@@ -150,7 +160,10 @@ class RayGroup(RoleGroup):
         return tuple(result) if num_returns > 1 else result
 
     def node_address(self, rank: int) -> str:
-        return ray.get(self.actors[rank].node_address.remote())
+        try:  # queued behind the member's construction (a model load, an engine start)
+            return ray.get(self.actors[rank].node_address.remote(), timeout=STARTUP_TIMEOUT_S)
+        except ray.exceptions.GetTimeoutError as err:
+            raise _timeout_error(f"{self.role} (rank {rank}, starting)", STARTUP_TIMEOUT_S) from err
 
     def dead_ranks(self) -> list[int]:
         pings = [actor.__ray_ready__.remote() for actor in self.actors]
@@ -215,7 +228,7 @@ class RayBackend(Backend):
         try:
             return ray.get(handles, timeout=deadline)
         except ray.exceptions.GetTimeoutError as err:
-            raise self._timeout(role, deadline) from err
+            raise _timeout_error(role, deadline) from err
         except _DIED as err:
             raise RoleDiedError(f"an actor died while waiting for the {role} role") from err
         except ray.exceptions.RayTaskError as err:
@@ -227,15 +240,7 @@ class RayBackend(Backend):
         if handles:
             _, pending = ray.wait(handles, num_returns=len(handles), fetch_local=False, timeout=self.timeout_s)
             if pending:
-                raise self._timeout("rollout", self.timeout_s)
-
-    @staticmethod
-    def _timeout(role: str, seconds: float) -> RoleTimeoutError:
-        return RoleTimeoutError(
-            f"the {role} role did not answer within {seconds:g} s (trainer.role_timeout_s): a call is stuck "
-            "(a hung reward function with reward.workers=0, a stuck collective, a stuck engine); raise "
-            "trainer.role_timeout_s if the phase is just that slow"
-        )
+                raise _timeout_error("rollout", self.timeout_s)
 
     def shutdown(self) -> None:
         """Release the GPU pool; shut down the local instance this backend started (a cluster it

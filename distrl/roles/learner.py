@@ -252,11 +252,17 @@ class Learner(BusyClock):
             if self.rank == 0
             else None
         )
-        for i, tensor in enumerate(state.values()):
-            full = tensor.full_tensor() if isinstance(tensor, DTensor) else tensor  # every rank joins the gather
+        for i, full in enumerate(self._full_tensors(state)):
             if flat is not None:
-                flat.view(i).copy_(full.detach())
+                flat.view(i).copy_(full)
         return flat
+
+    @staticmethod
+    def _full_tensors(state: dict[str, torch.Tensor]):
+        """Each tensor of ``state`` whole, in order (every rank must iterate: a sharded tensor's
+        gather is a collective)."""
+        for tensor in state.values():
+            yield (tensor.full_tensor() if isinstance(tensor, DTensor) else tensor).detach()
 
     def weight_layout(self, dtype: str) -> FlatLayout:
         """The layout of :meth:`state_dict`'s buffer (names, shapes, offsets), without gathering."""
@@ -292,8 +298,8 @@ class Learner(BusyClock):
         flat = FlatLayout.for_shapes({k: v.shape for k, v in state.items()}, getattr(torch, dtype)).empty_tensor(
             self.device
         )
-        for (_, view), tensor in zip(flat.items(), state.values(), strict=True):
-            view.copy_(tensor.full_tensor() if isinstance(tensor, DTensor) else tensor.detach())
+        for (_, view), full in zip(flat.items(), self._full_tensors(state), strict=True):
+            view.copy_(full)
         self.shared = flat
         return SharedWeights.share(flat)
 

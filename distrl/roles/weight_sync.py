@@ -155,7 +155,9 @@ class SyncGroup:
         timeout = timedelta(seconds=self.timeout_s)
         store = dist.TCPStore(self.address, self.port, self.world_size, is_master=rank == 0, timeout=timeout)
         if self.backend == "nccl":
-            return dist.ProcessGroupNCCL(store, rank, self.world_size)
+            options = dist.ProcessGroupNCCL.Options()
+            options._timeout = timeout  # a stuck broadcast fails after timeout_s instead of waiting for ever
+            return dist.ProcessGroupNCCL(store, rank, self.world_size, options)
         return dist.ProcessGroupGloo(store, rank, self.world_size, timeout)
 
 

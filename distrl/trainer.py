@@ -191,6 +191,8 @@ class Trainer:
         self.sync_bytes, self.full_sync_next = 0, False
         self.version = self.start_step
         self.get(self.rollout.call("set_version", self.version), "rollout", self.startup_timeout_s)
+        if self.resumed:  # the engines loaded the checkpoint's float32 weights; an unbroken run's hold the synced ones
+            self.sync_weights(same_version=True)
 
         self.metrics = MetricsLogger(
             cfg.trainer.output_dir,
@@ -362,11 +364,12 @@ class Trainer:
         joins += [self.rollout.call_rank(e, "join_weight_sync", group, first[e], layout) for e in range(len(ranks))]
         self.get(joins, "learner or rollout", self.startup_timeout_s)
 
-    def sync_weights(self) -> None:
+    def sync_weights(self, same_version: bool = False) -> None:
         """Learner rank 0's weights (the whole flat buffer, or what changed) → every rollout engine,
-        through the object store or the weight-sync group; bump the version."""
+        through the object store or the weight-sync group, as ``rollout.sync_dtype``; bump the
+        version (``same_version``: the learner's weights did not change since the last sync)."""
         dtype, full = self.cfg.rollout.sync_dtype, self.full_sync_next
-        self.version += 1
+        self.version += not same_version
         if self.cfg.weight_sync == "collective":
             sent = self.learner.call("broadcast_weights", dtype, full)
             loaded = self.rollout.call("receive_weights", self.version)

@@ -73,7 +73,9 @@ def run_update(
     """Train ``model`` on ``batch``: for each epoch, a random permutation (``generator``) cut into
     ``mini_batches`` mini-batches; ``micro_batches(mini)`` gives the micro-batches this process
     computes and ``micro_loss(micro, mini)`` their loss (already scaled so that the accumulated
-    gradient is the mini-batch's) and metrics."""
+    gradient is the mini-batch's) and metrics. Dropout draws from torch's global RNG, seeded here
+    with ``generator``'s seed, so that a resumed run draws the masks an unbroken run draws."""
+    torch.manual_seed(generator.initial_seed())
     model.train()
     stats = UpdateStats()
     for _ in range(epochs):

@@ -14,6 +14,7 @@ import json
 import math
 import os
 import time
+import uuid
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -291,6 +292,16 @@ class MetricsLogger:
         self.sinks.remove("wandb")
         self._wandb_run = None
 
+    def _wandb_run_id(self) -> str:
+        """The wandb run id, kept in ``<output_dir>/wandb_run_id``: a resumed run (``start_step > 0``)
+        continues the run its folder started, a fresh one starts a new run."""
+        path = self.output_dir / "wandb_run_id"
+        if self.start_step > 0 and path.exists():
+            return path.read_text().strip()
+        run_id = uuid.uuid4().hex[:12]
+        path.write_text(run_id)
+        return run_id
+
     def _log_wandb(self, step: int, values: Mapping[str, int | float]) -> None:
         try:
             if self._wandb_run is None:
@@ -303,6 +314,8 @@ class MetricsLogger:
                     dir=str(self.output_dir),
                     config=self.config,
                     settings=wandb.Settings(console="off"),
+                    id=self._wandb_run_id(),
+                    resume="allow",
                 )
             self._wandb_run.log(dict(values), step=step)
         except Exception as err:

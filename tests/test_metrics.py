@@ -97,6 +97,19 @@ def test_wandb_offline_writes_a_run_folder(tmp_path: Path, monkeypatch: pytest.M
     assert summary["steps"] == 2
 
 
+def test_a_resumed_run_continues_its_wandb_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    run(tmp_path, STEPS[:2], sinks=("wandb",), wandb_mode="offline")
+    logger = MetricsLogger(tmp_path, total_steps=4, config={}, sinks=("wandb",), wandb_mode="offline", start_step=2)
+    for step, metrics in enumerate(STEPS[2:4], start=3):
+        logger.log(step, metrics)
+    logger.close()
+    runs = sorted((tmp_path / "wandb").glob("offline-run-*"))
+    assert len(runs) == 2
+    assert len({r.name.rsplit("-", 1)[1] for r in runs}) == 1  # one run id: `wandb sync` joins them
+
+
 def test_a_failing_wandb_is_dropped_with_one_warning(tmp_path: Path) -> None:
     logger = MetricsLogger(
         tmp_path, total_steps=2, config={}, sinks=("jsonl", "wandb"), wandb_mode="no-such-mode", console=None

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 
 import torch
@@ -199,6 +199,10 @@ class Collector:
         """The prompt stream's position after the last batch a step has trained on (for checkpoints)."""
         return self.stream.state()
 
+    def rewind(self, state: dict) -> None:
+        """Back to the position ``state`` (a :meth:`data_state`): the next batch draws those prompts again."""
+        self.stream.load_state(state)
+
     def close(self) -> None:
         """Stop any background work."""
 
@@ -224,6 +228,13 @@ class OneStepOffCollector(Collector):
     def data_state(self) -> dict:
         """The position before the prefetched batch: a resumed run generates it again."""
         return self.state_before_prefetch if self.prefetched else self.stream.state()
+
+    def rewind(self, state: dict) -> None:
+        """Drop the prefetch (once it has ended: it draws from the stream) and go back to ``state``."""
+        if self.prefetched is not None:
+            wait([self.prefetched])
+            self.prefetched = None
+        super().rewind(state)
 
     def close(self) -> None:
         self.background.shutdown(wait=False, cancel_futures=True)

@@ -304,6 +304,12 @@ class TrainerConfig:
     roles' start (loading models, starting engines) may take up to 30 minutes, or this if longer."""
     save_every: int = 0
     """Checkpoint every this many steps (0 = only at the end)."""
+    keep_checkpoints: int | None = None
+    """Keep only the newest this many checkpoints (None = all); older ones are deleted once a
+    newer one is verified."""
+    max_restarts: int = 3
+    """Members of the stateless roles (rollout engines, the reward actor, reference ranks) that may
+    die and be replaced during a run; one more death stops it with a checkpoint."""
     resume: str = "none"
     """none | auto (latest checkpoint in ``output_dir``) | a checkpoint folder."""
     seed: int = 0
@@ -603,6 +609,11 @@ def validate(cfg: Config) -> None:
         cfg.trainer.max_nonfinite_steps >= 1,
         f"trainer.max_nonfinite_steps={cfg.trainer.max_nonfinite_steps} must be >= 1 (the skipped updates in a row "
         "that stop the run)",
+    )
+    _check(cfg.trainer.max_restarts >= 0, f"trainer.max_restarts={cfg.trainer.max_restarts} must be >= 0 (0: never)")
+    _check(
+        cfg.trainer.keep_checkpoints is None or cfg.trainer.keep_checkpoints >= 1,
+        f"trainer.keep_checkpoints={cfg.trainer.keep_checkpoints} must be >= 1, or null to keep every checkpoint",
     )
     _check(cfg.trainer.role_timeout_s > 0, f"trainer.role_timeout_s={cfg.trainer.role_timeout_s} must be > 0 (seconds)")
     _check(cfg.reward.timeout_s > 0, f"reward.timeout_s={cfg.reward.timeout_s} must be > 0 (seconds per call)")

@@ -90,6 +90,10 @@ METRIC_GLOSSARY: dict[str, str] = {
         "Every cluster.sync_check_every syncs: the largest |engine − learner| log-prob over a few rows of the "
         "step's batch after the sync, teacher-forced, worst engine; past cluster.sync_check_max_diff the run stops."
     ),
+    "recovery/restarts": (
+        "Members of stateless roles (rollout engines, the reward actor, reference ranks) that died and were "
+        "replaced so far in the run (trainer.max_restarts bounds it); each time the step ran again."
+    ),
     "throughput/tokens_per_s": "Prompt and response tokens processed per wall-clock second of the step, whole cluster.",
     "throughput/generated_tokens_per_s": "Response tokens generated per second of the generation phase, all engines.",
 }

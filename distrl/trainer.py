@@ -45,6 +45,9 @@ __all__ = ["NonFiniteGuard", "Trainer", "TrainingError", "load_prompts"]
 STARTUP_TIMEOUT_S = 1800.0
 #: Rows of the step's batch each engine scores in the weight-sync check (at least one per learner rank).
 SYNC_PROBE_ROWS = 4
+#: Roles whose members hold no training state: a new member built from the same arguments (an
+#: engine then given the current weights) replaces a dead one and the step runs again.
+RESTARTABLE = ("rollout", "reward", "reference")
 
 
 @dataclass
@@ -189,6 +192,11 @@ class Trainer:
         if cfg.weight_sync == "collective":
             self.join_weight_sync()
         self.sync_bytes, self.full_sync_next = 0, False
+        self.weight_sync = cfg.weight_sync
+        self.restarts = state.get("restarts", 0)
+        self.update_phase = "pending"
+        """Where the step in flight is: ``pending`` (the learner holds the last step's weights),
+        ``running`` (the update is under way) or ``done``."""
         self.version = self.start_step
         self.get(self.rollout.call("set_version", self.version), "rollout", self.startup_timeout_s)
         if self.resumed:  # the engines loaded the checkpoint's float32 weights; an unbroken run's hold the synced ones
@@ -249,28 +257,88 @@ class Trainer:
                         saved = self.save_if_new(step + 1)
                         raise TrainingError(f"stopped by {stop.signal} after step {step + 1}; saved {saved} "
                                             "(continue with trainer.resume=auto)")  # fmt: skip
-        except RoleTimeoutError as err:
-            raise TrainingError(f"{err}. The run stopped; last checkpoint: {self.last_saved or 'none'} "
+        except (RoleTimeoutError, RoleDiedError) as err:  # outside a step: PVPO's estimate, a checkpoint
+            raise TrainingError(f"{self.describe(err)}. Last checkpoint: {self.last_saved or 'none'} "
                                 "(continue with trainer.resume=auto)") from err  # fmt: skip
-        except RoleDiedError as err:
-            dead = [f"{g.role} (rank {r})" for g in self.groups() for r in g.dead_ranks()]
-            raise TrainingError(
-                f"{', '.join(dead) or 'an'} actor died; the run stopped. Last checkpoint: "
-                f"{self.last_saved or 'none'} (continue with trainer.resume=auto)"
-            ) from err
         finally:
             summary = self.metrics.close()
         return summary
 
     def checked_step(self, step: int) -> dict[str, float]:
-        """:meth:`step`; a :class:`TrainingError` in it first saves the steps done so far (they are sound)."""
-        try:
-            return self.step(step)
-        except TrainingError as err:
-            saved = self.save_if_new(step)
+        """:meth:`step`. A dead member of a stateless role before the update is replaced and the
+        step runs again from its first prompt (at most ``trainer.max_restarts`` in a run); any other
+        error stops the run after saving what is sound (:meth:`save_what_is_sound`)."""
+        while True:
+            before = self.collector.data_state()
+            self.update_phase = "pending"
+            try:
+                return self.step(step)
+            except RoleDiedError as err:
+                if self.update_phase == "pending" and self.restart_dead():
+                    self.collector.rewind(before)
+                    continue
+                failure: Exception = err
+            except Exception as err:
+                failure = err
+            saved = self.save_what_is_sound(step, before)
             raise TrainingError(
-                f"{err}. Last checkpoint: {saved or 'none'} (continue with trainer.resume=auto)"
-            ) from err
+                f"{self.describe(failure)}. Last checkpoint: {saved or 'none'} (continue with trainer.resume=auto)"
+            ) from failure
+
+    def describe(self, err: Exception) -> str:
+        """What stopped the run, in words: the dead members, the role that did not answer, or the error."""
+        if isinstance(err, RoleDiedError):
+            dead = [f"{g.role} (rank {r})" for g in self.groups() for r in g.dead_ranks()]
+            return f"{', '.join(dead) or 'an'} actor died; the run stopped"
+        if isinstance(err, RoleTimeoutError):
+            return f"{err}. The run stopped"
+        if isinstance(err, TrainingError):
+            return str(err)
+        return f"step failed: {type(err).__name__}: {err}"
+
+    def restart_dead(self) -> bool:
+        """Replace the dead members if every one is of a :data:`RESTARTABLE` role and
+        ``trainer.max_restarts`` allows; new engines get the current weights. False: nothing restarted."""
+        dead = [(group, rank) for group in self.groups() for rank in group.dead_ranks()]
+        allowed = self.cfg.trainer.max_restarts
+        if not dead or any(g.role not in RESTARTABLE for g, _ in dead) or self.restarts + len(dead) > allowed:
+            return False
+        for group, rank in dead:
+            group.restart(rank)
+            self.restarts += 1
+            self.metrics.print(f"distrl: {group.role} (rank {rank}) died; started a new one "
+                               f"({self.restarts} of trainer.max_restarts={allowed})")  # fmt: skip
+        engines = [rank for group, rank in dead if group is self.rollout]
+        if engines:
+            self.reload_engines(engines)
+        return True
+
+    def reload_engines(self, engines: list[int]) -> None:
+        """New engines ``engines`` get the learner's weights at the current version through the object
+        store. The collective sync's group held the dead engine's workers: the object store carries
+        every sync from here on."""
+        if self.weight_sync == "collective":
+            self.weight_sync = "object_store"
+            self.metrics.print("distrl: weight sync through the object store from now on (the collective group "
+                               "lost a member)")  # fmt: skip
+        dtype = self.cfg.rollout.sync_dtype
+        update, _ = self.learner.call_rank(0, "weights_update", dtype, True, num_returns=2)
+        others = [self.learner.call_rank(r, "weights_update", dtype, True) for r in range(1, len(self.learner))]
+        loaded = [self.rollout.call_rank(e, "load_weights", update, self.version) for e in engines]
+        self.get([*others, *loaded], "learner or rollout", self.startup_timeout_s)
+
+    def save_what_is_sound(self, step: int, before: dict) -> Path | None:
+        """After an error in step ``step``: a checkpoint of the ``step`` steps done if the update had not
+        begun (with the data position ``before`` the step), of ``step + 1`` if it was done, none if it
+        was under way (the weights may be half updated). The latest checkpoint."""
+        if self.update_phase == "running":
+            return self.last_saved
+        done, data = (step, before) if self.update_phase == "pending" else (step + 1, None)
+        try:
+            return self.save_if_new(done, data)
+        except Exception as err:  # a dead or stuck learner cannot save
+            self.metrics.print(f"distrl: no checkpoint after the error ({type(err).__name__}: {err})")
+            return self.last_saved
 
     def after_step(self, step: int, metrics: dict[str, float]) -> None:
         """Log the step, watch for NaN/inf updates, checkpoint when due, refresh PVPO's values."""
@@ -286,10 +354,10 @@ class Trainer:
         if cfg.algorithm.needs_prompt_values and (step + 1) % cfg.algorithm.pvpo_refresh_every == 0:
             self.estimate_prompt_values()
 
-    def save_if_new(self, done: int) -> Path | None:
+    def save_if_new(self, done: int, data: dict | None = None) -> Path | None:
         """A checkpoint after ``done`` steps unless the last one is that; the latest checkpoint."""
         if done > self.saved_step:
-            self.last_saved, self.saved_step = self.save(done), done
+            self.last_saved, self.saved_step = self.save(done, data), done
         return self.last_saved
 
     def step(self, step: int) -> dict[str, float]:
@@ -318,7 +386,9 @@ class Trainer:
             )
             advantage_metrics = self.get(advantage_metrics, "batch")
         with timed(timings, "update"):
+            self.update_phase = "running"
             update_metrics = self.update(update_batch, step)
+            self.update_phase = "done"
         generating_version = self.version
         with timed(timings, "weight_sync"):
             self.sync_weights()
@@ -370,11 +440,11 @@ class Trainer:
         version (``same_version``: the learner's weights did not change since the last sync)."""
         dtype, full = self.cfg.rollout.sync_dtype, self.full_sync_next
         self.version += not same_version
-        if self.cfg.weight_sync == "collective":
+        if self.weight_sync == "collective":
             sent = self.learner.call("broadcast_weights", dtype, full)
             loaded = self.rollout.call("receive_weights", self.version)
             self.sync_bytes = self.get(sent + loaded, "learner or rollout")[0]
-        elif self.cfg.weight_sync == "ipc":  # engine e reads learner rank e's buffer on their GPU
+        elif self.weight_sync == "ipc":  # engine e reads learner rank e's buffer on their GPU
             shared = self.learner.call("share_weights", dtype)
             engines = len(self.rollout)
             loaded = [self.rollout.call_rank(e, "load_weights", shared[e % len(shared)], self.version)
@@ -442,6 +512,7 @@ class Trainer:
             **{f"memory/{k}_peak_gib": v for k, v in peak_gib.items()},
             "timing/step_s": wall,
             "weight_sync/bytes": float(self.sync_bytes),
+            "recovery/restarts": float(self.restarts),
             "throughput/tokens_per_s": (collected.response_tokens + collected.prompt_tokens) / wall,
             "throughput/generated_tokens_per_s": collected.response_tokens / max(timings["generation"], 1e-9),
         }
@@ -477,15 +548,17 @@ class Trainer:
         self.sync_weights()
         self.busy_seconds(self.groups())  # not a step's compute
 
-    def save(self, step: int) -> Path:
-        """Checkpoint at ``step`` (learner weights + optimizer, critic, trainer state)."""
+    def save(self, step: int, data: dict | None = None) -> Path:
+        """Checkpoint at ``step`` (learner weights + optimizer, critic, trainer state; ``data``: the
+        prompt stream's position, default the collector's)."""
         staging = checkpoint.staging_dir(self.cfg.trainer.output_dir, step)
         handles = self.learner.call("save", str(staging))
         handles += self.critic.call("save", str(staging)) if self.critic else []
         self.get(handles, "learner or critic")
         state = {
             "step": step,
-            "data": self.collector.data_state(),
+            "data": data or self.collector.data_state(),
+            "restarts": self.restarts,
             "kl_coef": self.kl_coef,
             "initial_model": self.initial_model,
             "prompt_values": self.collector.prompt_values,

@@ -107,7 +107,8 @@ def test_a_resumed_run_continues_its_wandb_run(tmp_path: Path, monkeypatch: pyte
     logger.close()
     runs = sorted((tmp_path / "wandb").glob("offline-run-*"))
     assert len(runs) == 2
-    assert len({r.name.rsplit("-", 1)[1] for r in runs}) == 1  # one run id: `wandb sync` joins them
+    run_id = (tmp_path / "wandb_run_id").read_text()
+    assert {f.name for r in runs for f in r.glob("*.wandb")} == {f"run-{run_id}.wandb"}  # `wandb sync` joins them
 
 
 def test_a_failing_wandb_is_dropped_with_one_warning(tmp_path: Path) -> None:

@@ -56,6 +56,11 @@ class RoleGroup(ABC):
         """Ranks of the members that no longer answer."""
 
     @abstractmethod
+    def restart(self, rank: int) -> None:
+        """Replace member ``rank`` (a dead one) by a new member built from the same arguments in the
+        same place; its calls then go to the new member."""
+
+    @abstractmethod
     def shutdown(self) -> None:
         """Stop every member and release what it reserved."""
 

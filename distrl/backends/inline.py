@@ -7,7 +7,7 @@ one after another (no concurrency between roles, hence no async mode), one membe
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from distrl.backends.base import Backend, Handle, RoleGroup
@@ -18,9 +18,10 @@ from distrl.config import RoleResources
 class InlineGroup(RoleGroup):
     """The members of one role, as plain objects."""
 
-    def __init__(self, role: str, members: list[Any]) -> None:
+    def __init__(self, role: str, build: Callable[[int], Any], count: int) -> None:
         self.role = role
-        self.members = members
+        self.build = build
+        self.members = [build(i) for i in range(count)]
 
     def __len__(self) -> int:
         return len(self.members)
@@ -39,6 +40,9 @@ class InlineGroup(RoleGroup):
 
     def dead_ranks(self) -> list[int]:
         return []
+
+    def restart(self, rank: int) -> None:
+        self.members[rank] = self.build(rank)
 
     def shutdown(self) -> None:
         for member in self.members:
@@ -66,7 +70,7 @@ class InlineBackend(Backend):
         bundles: list[int] | None = None,
     ) -> InlineGroup:
         rank_args = (lambda i: {"rank": i, "world_size": count}) if ranked else (lambda i: {})
-        return InlineGroup(role, [cls(*args, **(kwargs or {}), **rank_args(i)) for i in range(count)])
+        return InlineGroup(role, lambda i: cls(*args, **(kwargs or {}), **rank_args(i)), count)
 
     def reserve_gpus(self, layout: GpuLayout, bundle_cpus: list[float]) -> None:
         return None

@@ -27,8 +27,6 @@ from distrl.config import RoleResources
 PLACEMENT_TIMEOUT_S = 120
 #: How long a member may take to start (build its role) and tell its node's address.
 STARTUP_TIMEOUT_S = 1800.0
-#: How long a member may take to answer a ping before :meth:`RayGroup.dead_ranks` counts it dead.
-PING_TIMEOUT_S = 10.0
 
 _DIED = (RayActorError, ActorDiedError, ActorUnavailableError)
 
@@ -62,6 +60,11 @@ class RoleActor:
 
     def node_address(self) -> str:
         return ray.util.get_node_ip_address()
+
+
+def _actor_state(actor: Any) -> str:
+    """ALIVE, DEAD, RESTARTING, PENDING_CREATION… as the cluster's control store (GCS) holds it."""
+    return ray._private.state.state.actor_table(actor._actor_id.hex()).get("State", "DEAD")
 
 
 def _timeout_error(role: str, seconds: float) -> RoleTimeoutError:
@@ -132,12 +135,14 @@ class RayGroup(RoleGroup):
             bundle = {"CPU": cpus, "GPU": gpus} if gpus else {"CPU": cpus}
             self.placement = placement_group([bundle] * count, "PACK")
             _wait_placed(self.placement, f"{count} {role} actor(s) with {cpus} CPU and {gpus} GPU each")
-        self.actors = [
-            RoleActor.options(num_cpus=cpus, num_gpus=gpus, scheduling_strategy=self._strategy(i)).remote(
+
+        def build(i: int) -> Any:
+            return RoleActor.options(num_cpus=cpus, num_gpus=gpus, scheduling_strategy=self._strategy(i)).remote(
                 f"{role}-{i}", cls, tuple(args), {**kwargs, **({"rank": i, "world_size": count} if ranked else {})}
             )
-            for i in range(count)
-        ]
+
+        self.build = build
+        self.actors = [build(i) for i in range(count)]
 
     def _strategy(self, index: int) -> PlacementGroupSchedulingStrategy | str:
         if self.pool is not None:
@@ -166,17 +171,13 @@ class RayGroup(RoleGroup):
             raise _timeout_error(f"{self.role} (rank {rank}, starting)", STARTUP_TIMEOUT_S) from err
 
     def dead_ranks(self) -> list[int]:
-        pings = [actor.__ray_ready__.remote() for actor in self.actors]
-        ready, _ = ray.wait(pings, num_returns=len(pings), timeout=PING_TIMEOUT_S)
-        dead = []
-        for rank, ping in enumerate(pings):
-            try:
-                if ping not in ready:
-                    raise TimeoutError
-                ray.get(ping)
-            except (*_DIED, TimeoutError):
-                dead.append(rank)
-        return dead
+        """The members Ray's control store lists as dead (a busy member is alive, however long it
+        takes to answer)."""
+        return [rank for rank, actor in enumerate(self.actors) if _actor_state(actor) == "DEAD"]
+
+    def restart(self, rank: int) -> None:
+        ray.kill(self.actors[rank])
+        self.actors[rank] = self.build(rank)
 
     def shutdown(self) -> None:
         for actor in self.actors:

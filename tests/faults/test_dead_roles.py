@@ -1,0 +1,67 @@
+"""Dead actors: a rollout engine killed mid-generation is replaced, given the current weights and
+the step runs again; a dead learner, or one death more than trainer.max_restarts allows, stops
+the run naming the member and the last checkpoint."""
+
+from pathlib import Path
+
+import pytest
+import ray
+
+from distrl.metrics import read_metrics
+from distrl.trainer import Trainer, TrainingError
+
+pytestmark = [pytest.mark.usefixtures("ray_local"), pytest.mark.ray, pytest.mark.vllm]
+
+
+def kill_when_called(trainer: Trainer, role: str, method: str, at_call: int) -> None:
+    """Kill member 0 of ``role`` right after the driver sends it its ``at_call``-th ``method`` call."""
+    group = getattr(trainer, role)
+    call_rank, calls = group.call_rank, []
+
+    def call_then_kill(rank, name, *args, **kwargs):
+        handle = call_rank(rank, name, *args, **kwargs)
+        if name == method and rank == 0:
+            calls.append(name)
+            if len(calls) == at_call:
+                ray.kill(group.actors[0])
+        return handle
+
+    group.call_rank = call_then_kill
+
+
+def test_a_killed_engine_is_replaced_and_the_run_goes_on_until_restarts_run_out(tiny_config):
+    cfg = tiny_config("trainer.total_steps=3", "trainer.save_every=1", "trainer.max_restarts=1")
+    trainer = Trainer(cfg)
+    kill_when_called(trainer, "rollout", "generate", at_call=2)  # step 2, mid-generation: replaced
+    kill_when_called(trainer, "reward", "score", at_call=4)  # step 3 (step 2 scored twice): one too many
+    try:
+        with pytest.raises(TrainingError, match=r"^reward \(rank 0\) actor died.*Last checkpoint: .*step_2 "):
+            trainer.fit()
+    finally:
+        trainer.shutdown()
+    done = read_metrics(Path(cfg.trainer.output_dir) / "metrics.jsonl")
+    assert [m["step"] for m in done] == [1, 2]
+    assert [m["recovery/restarts"] for m in done] == [0.0, 1.0]
+    assert done[1]["rollout/policy_version"] == 1.0  # the new engine generated with step 1's weights
+    assert done[1]["rollout/logprob_diff"] < 0.05  # … and they are the learner's, not the initial model's
+
+
+def test_a_dead_learner_stops_the_run_naming_it_and_the_checkpoint(tiny_config):
+    cfg = tiny_config("trainer.total_steps=3", "trainer.save_every=1")
+    trainer = Trainer(cfg)
+    save = trainer.save
+
+    def save_then_kill(step: int, data=None) -> Path:
+        saved = save(step, data)
+        if step == 1:
+            ray.kill(trainer.learner.actors[0])
+        return saved
+
+    trainer.save = save_then_kill
+    try:
+        with pytest.raises(TrainingError, match=r"^learner \(rank 0\) actor died.*Last checkpoint: .*step_1 "):
+            trainer.fit()
+    finally:
+        trainer.shutdown()
+    done = read_metrics(Path(cfg.trainer.output_dir) / "metrics.jsonl")
+    assert [m["step"] for m in done] == [1]  # step 2 never finished

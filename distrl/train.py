@@ -27,7 +27,7 @@ def run(cfg: DictConfig) -> None:
     except ConfigError as err:
         print(f"distrl: config error: {err}", file=sys.stderr)
         sys.exit(2)
-    from distrl.checkpoint import OutputDirError
+    from distrl.checkpoint import CheckpointError, OutputDirError
     from distrl.trainer import Trainer, TrainingError
 
     trainer = None
@@ -37,7 +37,7 @@ def run(cfg: DictConfig) -> None:
     except ConfigError as err:  # found by the cheap checks that read the data and the model's config
         print(f"distrl: config error: {err}", file=sys.stderr)
         sys.exit(2)
-    except (TrainingError, FileNotFoundError, ValueError, OutputDirError) as err:
+    except (TrainingError, FileNotFoundError, ValueError, OutputDirError, CheckpointError) as err:
         print(f"distrl: {err}", file=sys.stderr)
         sys.exit(1)
     finally:

@@ -10,6 +10,7 @@ import math
 import signal
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -189,6 +190,7 @@ class Trainer:
         if self.critic is not None:
             setups += self.setup_calls(self.critic, str(self.resumed / "critic") if self.resumed else None)
         self.get(setups, "learner or critic", self.startup_timeout_s)
+        self.check_shared_output_dir()
         if cfg.weight_sync == "collective":
             self.join_weight_sync()
         self.sync_bytes, self.full_sync_next = 0, False
@@ -552,9 +554,10 @@ class Trainer:
         """Checkpoint at ``step`` (learner weights + optimizer, critic, trainer state; ``data``: the
         prompt stream's position, default the collector's)."""
         staging = checkpoint.staging_dir(self.cfg.trainer.output_dir, step)
-        handles = self.learner.call("save", str(staging))
-        handles += self.critic.call("save", str(staging)) if self.critic else []
-        self.get(handles, "learner or critic")
+        writers = [g for g in (self.learner, self.critic) if g is not None]
+        roles = [g.role for g in writers for _ in range(len(g))]
+        parts = self.get([h for g in writers for h in g.call("save", str(staging))], "learner or critic")
+        written = [(role, *part) for role, part in zip(roles, parts, strict=True) if part is not None]
         state = {
             "step": step,
             "data": data or self.collector.data_state(),
@@ -563,7 +566,20 @@ class Trainer:
             "initial_model": self.initial_model,
             "prompt_values": self.collector.prompt_values,
         }
-        return checkpoint.finish(staging, state)
+        final = checkpoint.finish(staging, state, written)
+        for old in checkpoint.prune(self.cfg.trainer.output_dir, self.cfg.trainer.keep_checkpoints):
+            self.metrics.print(f"distrl: removed {old} (trainer.keep_checkpoints={self.cfg.trainer.keep_checkpoints})")
+        return final
+
+    def check_shared_output_dir(self) -> None:
+        """Each writing role's rank 0 writes a file into ``trainer.output_dir``; the driver must see
+        it, or checkpoints would land where resume cannot find them (:class:`CheckpointError`)."""
+        for group in (g for g in (self.learner, self.critic) if g is not None):
+            path = Path(self.cfg.trainer.output_dir) / f".probe-{group.role}-{uuid.uuid4().hex[:8]}"
+            node = self.get(group.call_rank(0, "probe_output_dir", str(path)), group.role, self.startup_timeout_s)
+            if not path.exists():
+                raise checkpoint.not_shared_error(group.role, node, path)
+            path.unlink()
 
     def get(self, handles: Handle | list[Handle], role: str, timeout_s: float | None = None):
         """The values of ``handles`` (see :meth:`distrl.backends.Backend.get`)."""

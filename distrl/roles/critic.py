@@ -4,6 +4,7 @@ ranks shard the model (FSDP2, as the learner's) and split each batch: a data-par
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import torch
@@ -13,6 +14,7 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 
+from distrl import checkpoint
 from distrl.algorithms import value_loss
 from distrl.config import Config
 from distrl.data.batch import TrajectoryBatch
@@ -113,17 +115,23 @@ class Critic(BusyClock):
         )  # fmt: skip
         return {**stats.means(), "critic/nonfinite_skipped": float(stats.skipped)}
 
-    def save(self, folder: str) -> None:
-        """Write the critic's whole weights, optimizer and LR schedule into a checkpoint folder
-        (a collective: every rank gathers, rank 0 writes)."""
+    def save(self, folder: str) -> tuple[str, dict[str, list]] | None:
+        """Write the critic's whole weights, optimizer and LR schedule into ``folder/critic`` (a
+        collective: every rank gathers, rank 0 writes); rank 0 returns its node and the files'
+        sizes and hashes (:func:`checkpoint.seal`)."""
         weights = get_model_state_dict(self.model, options=FULL_STATE)
         optim = get_optimizer_state_dict(self.model, self.optimizer, options=FULL_STATE)
         if self.rank != 0:
-            return
+            return None
         path = Path(folder) / "critic"
         path.mkdir(parents=True, exist_ok=True)
         torch.save(weights, path / "critic.pt")
         torch.save({"optimizer": optim, "scheduler": self.scheduler.state_dict()}, path / "critic_optimizer.pt")
+        return socket.gethostname(), checkpoint.seal(folder, path)
+
+    def probe_output_dir(self, path: str) -> str:
+        """Write ``path`` on this rank's node (the driver then looks for it); returns the node's name."""
+        return checkpoint.probe(path)
 
     def close(self) -> None:
         """Leave the process group (several ranks)."""

@@ -28,6 +28,7 @@ from torch.distributed.checkpoint.state_dict import (
 )
 from torch.distributed.tensor import DTensor
 
+from distrl import checkpoint
 from distrl.algorithms import POLICY_LOSSES, ROLLOUT_CORRECTIONS, aggregate_loss, kl_penalty, policy_loss
 from distrl.config import Config
 from distrl.data.batch import TrajectoryBatch, shard_bounds
@@ -309,16 +310,22 @@ class Learner(BusyClock):
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
 
-    def save(self, folder: str) -> None:
-        """Write a Hugging Face folder (weights, config, tokenizer) plus ``optimizer.pt`` (collective)."""
+    def save(self, folder: str) -> tuple[str, dict[str, list]] | None:
+        """Write a Hugging Face folder (weights, config, tokenizer) plus ``optimizer.pt`` (a collective;
+        rank 0 writes); rank 0 returns its node and the files' sizes and hashes (:func:`checkpoint.seal`)."""
         weights = get_model_state_dict(self.model, options=FULL_STATE)
         optim = get_optimizer_state_dict(self.model, self.optimizer, options=FULL_STATE)
         if self.rank != 0:
-            return
+            return None
         path = Path(folder)
         self.model.save_pretrained(path, state_dict=weights, safe_serialization=True)
         load_tokenizer(self.model_path, trust_remote_code=self.cfg.model.trust_remote_code).save_pretrained(path)
         torch.save({"optimizer": optim, "scheduler": self.scheduler.state_dict()}, path / "optimizer.pt")
+        return socket.gethostname(), checkpoint.seal(path, path)
+
+    def probe_output_dir(self, path: str) -> str:
+        """Write ``path`` on this rank's node (the driver then looks for it); returns the node's name."""
+        return checkpoint.probe(path)
 
     def close(self) -> None:
         """Leave the process group (several ranks)."""

@@ -15,6 +15,9 @@ The score doubles as the accuracy. :data:`BUILTIN_VERIFIERS` maps each ``data_so
   solution containing ``\\boxed{...}``. Answers match when their normalized LaTeX strings are equal
   (see :func:`normalize_math_answer`) or, when the ``math_verify`` package is installed, when
   ``math_verify.verify`` judges them equivalent (``0.5`` and ``\\frac{1}{2}`` match only then).
+- ``code``, ``codecontests``, ``apps``, ``codeforces``, ``taco`` — the response's program must pass
+  the ground truth's test cases (stdin/stdout pairs, function calls, or asserts), each run in a
+  sandbox process (:mod:`distrl.rewards.sandbox`, which says what it does and does not protect against).
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ import re
 import threading
 from collections.abc import Callable
 from types import ModuleType
+
+from distrl.rewards.sandbox import verify_code
 
 
 def verify_arithmetic(response: str, ground_truth: str) -> float:
@@ -150,5 +155,6 @@ BUILTIN_VERIFIERS: dict[str, Callable[[str, str], float]] = {
     "lighteval/MATH": verify_math,
     "DigitalLearningGmbH/MATH-lighteval": verify_math,
     "HuggingFaceH4/MATH-500": verify_math,
+    **dict.fromkeys(("code", "codecontests", "apps", "codeforces", "taco"), verify_code),
 }
 """``data_source`` -> verifier ``fn(response, ground_truth) -> 1.0 | 0.0``."""

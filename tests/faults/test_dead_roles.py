@@ -2,11 +2,15 @@
 the step runs again; a dead learner, or one death more than trainer.max_restarts allows, stops
 the run naming the member and the last checkpoint."""
 
+import threading
+import time
 from pathlib import Path
 
 import pytest
 import ray
 
+from distrl.backends.ray_backend import RayBackend
+from distrl.config import RoleResources
 from distrl.metrics import read_metrics
 from distrl.trainer import Trainer, TrainingError
 
@@ -65,3 +69,21 @@ def test_a_dead_learner_stops_the_run_naming_it_and_the_checkpoint(tiny_config):
         trainer.shutdown()
     done = read_metrics(Path(cfg.trainer.output_dir) / "metrics.jsonl")
     assert [m["step"] for m in done] == [1]  # step 2 never finished
+
+
+def test_a_busy_member_is_not_named_dead_and_a_killed_one_is():
+    group = RayBackend(num_cpus=8).group("busy", threading.Event, 2, RoleResources(cpus=0), ranked=False)
+    try:
+        group.call_rank(0, "wait", 30)  # busy for 30 s: a ping would queue behind it
+        started = time.monotonic()
+        assert group.dead_ranks() == []
+        assert time.monotonic() - started < 5
+        ray.kill(group.actors[1])
+        deadline = time.monotonic() + 10
+        while group.dead_ranks() != [1] and time.monotonic() < deadline:  # the control store hears of it
+            time.sleep(0.2)
+        assert group.dead_ranks() == [1]
+        group.restart(1)
+        assert group.dead_ranks() == [] and ray.get(group.call_rank(1, "is_set")) is False
+    finally:
+        group.shutdown()

@@ -39,7 +39,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from importlib.metadata import PackageNotFoundError, version
@@ -71,7 +71,10 @@ MOVING_AVERAGE = 5
 """Steps to target use the trailing moving average of reward/accuracy over this many steps."""
 
 TARGET_FACTOR = 1.5
-"""Default target accuracy: this times the mean first-step accuracy over all runs."""
+"""Default target accuracy: this times the mean first-step accuracy over all started runs."""
+
+MIN_SEEDS_FOR_RANKING = 5
+"""Paired seeds below which the report says the comparison cannot rank the algorithms."""
 
 LOG_TAIL_LINES = 20
 """Lines of a failed run's log shown on stderr and in the report."""
@@ -88,6 +91,7 @@ METRICS_END = "=== distrl compare: metrics.jsonl end ==="
 
 PLOTS: tuple[tuple[str, str, str, str], ...] = (
     ("reward/accuracy", "accuracy.png", "accuracy", ""),
+    ("eval/greedy_acc", "heldout.png", "held-out greedy accuracy", " (no held-out prompts)"),
     ("policy/entropy", "entropy.png", "entropy (nats per token)", ""),
     ("policy/clip_frac", "clip_frac.png", "clip fraction", ""),
     ("response_length/mean", "response_length.png", "response length (tokens)", ""),
@@ -167,45 +171,110 @@ def run_mean(run: Sequence[dict], metric: str) -> float | None:
 
 
 def steps_to_target(run: Sequence[dict], target: float) -> int | None:
-    """The first step whose trailing moving average of reward/accuracy over the last 5 logged steps
-    (fewer at the start of the run) is at least ``target``; None if no step reaches it."""
+    """The first step whose trailing moving average of reward/accuracy over a full window of the
+    last 5 logged steps is at least ``target``; None if no step reaches it (a run's first 4 steps
+    cannot: a lucky first step is not a run that reached the target)."""
     points = series(run, "reward/accuracy")
-    for index, (step, _) in enumerate(points):
-        window = [value for _, value in points[max(0, index + 1 - MOVING_AVERAGE) : index + 1]]
+    for index in range(MOVING_AVERAGE - 1, len(points)):
+        window = [value for _, value in points[index + 1 - MOVING_AVERAGE : index + 1]]
         if statistics.fmean(window) >= target:
-            return step
+            return points[index][0]
     return None
 
 
-def first_accuracy_mean(runs: dict[str, list[list[dict]]]) -> float | None:
-    """Mean over all runs of their first logged reward/accuracy; None if no run logged it."""
-    firsts = [
-        points[0][1] for algorithm in runs.values() for run in algorithm if (points := series(run, "reward/accuracy"))
-    ]
+def value_at_budget(run: Sequence[dict], cost: str, budget: float, metric: str = "reward/accuracy") -> float | None:
+    """``metric``'s trailing 5-step moving average at the first step where the cumulative sum of
+    ``cost`` (``rollout/samples``, ``timing/step_s``) reaches ``budget``; None if the run never spends it."""
+    spent = 0.0
+    window: list[float] = []
+    for record in run:
+        value = record.get(metric)
+        if isinstance(value, int | float) and math.isfinite(value) and record.get("step", 0) > 0:
+            window = [*window[-(MOVING_AVERAGE - 1) :], float(value)]
+        spent += float(record.get(cost, 0.0) or 0.0)
+        if spent >= budget and window:
+            return statistics.fmean(window)
+    return None
+
+
+def total(run: Sequence[dict], cost: str) -> float:
+    """The sum of ``cost`` over the run's records."""
+    return sum(float(record.get(cost, 0.0) or 0.0) for record in run)
+
+
+@dataclass(frozen=True)
+class Run:
+    """One (algorithm, seed) run: its metric records (what it logged before it stopped, for a run
+    that failed) and whether it finished all its steps."""
+
+    seed: int
+    records: list[dict]
+    finished: bool = True
+
+    @property
+    def last_step(self) -> int:
+        return max((int(r["step"]) for r in self.records), default=0)
+
+
+def first_accuracy_mean(runs: dict[str, list[Run]]) -> float | None:
+    """Mean over all started runs (finished or not) of their first logged reward/accuracy; None if none logged it."""
+    firsts = [points[0][1] for algorithm in runs.values() for run in algorithm
+              if (points := series(run.records, "reward/accuracy"))]  # fmt: skip
     return statistics.fmean(firsts) if firsts else None
+
+
+#: (column key, metric, how a run's value is taken) of the per-run values the report aggregates.
+COLUMNS: tuple[tuple[str, str, str], ...] = (
+    ("final_reward", "reward/mean", "final"),
+    ("final_accuracy", "reward/accuracy", "final"),
+    ("eval_greedy", "eval/greedy_acc", "last"),
+    ("eval_pass_k", "eval/pass@k", "last"),
+    ("tokens_per_s", "throughput/tokens_per_s", "mean"),
+    ("final_entropy", "policy/entropy", "final"),
+    ("clip_frac", "policy/clip_frac", "mean"),
+    ("response_length", "response_length/mean", "mean"),
+)
+
+
+def run_value(run: Sequence[dict], metric: str, how: str) -> float | None:
+    """A run's value of ``metric``: its final value (last ⌈10%⌉), its last logged value, or its mean."""
+    if how == "final":
+        return final_value(run, metric)
+    if how == "last":
+        points = series(run, metric)
+        return points[-1][1] if points else None
+    return run_mean(run, metric)
+
+
+@dataclass(frozen=True)
+class Budgets:
+    """The generation cost every finished run spent: the least total ``rollout/samples`` and the least
+    total ``timing/step_s`` among them (None when no finished run logged them)."""
+
+    samples: float | None
+    seconds: float | None
+
+    @classmethod
+    def of(cls, runs: dict[str, list[Run]]) -> Budgets:
+        finished = [run.records for algorithm in runs.values() for run in algorithm if run.finished]
+        samples = [total(r, "rollout/samples") for r in finished if any("rollout/samples" in x for x in r)]
+        seconds = [total(r, "timing/step_s") for r in finished if any("timing/step_s" in x for x in r)]
+        return cls(min(samples, default=None), min(seconds, default=None))
 
 
 @dataclass(frozen=True)
 class AlgorithmSummary:
-    """One algorithm's row of the report: each field over the runs (seeds) that logged the metric,
-    None where none did. ``final_*`` are (mean, 95% CI half-width or None for one run) of the runs'
-    final values; ``steps_to_target`` is the mean over the ``reached`` runs that reached the target."""
+    """One algorithm's row of the report, over its finished runs: ``values[key]`` is (mean, 95% CI
+    half-width or None for one run) of the runs' values of each :data:`COLUMNS` entry and of the
+    accuracy at equal samples and equal time (None where no run has it); ``steps_to_target`` is
+    the mean over the ``reached`` runs that reached the target."""
 
     algorithm: str
     runs: int
-    final_reward: tuple[float, float | None] | None
-    final_accuracy: tuple[float, float | None] | None
+    started: int
+    values: dict[str, tuple[float, float | None] | None]
     steps_to_target: float | None
     reached: int
-    tokens_per_s: float | None
-    final_entropy: float | None
-    clip_frac: float | None
-    response_length: float | None
-
-
-def _mean_of(values: Sequence[float | None]) -> float | None:
-    present = [value for value in values if value is not None]
-    return statistics.fmean(present) if present else None
 
 
 def _ci_of(values: Sequence[float | None]) -> tuple[float, float | None] | None:
@@ -213,28 +282,61 @@ def _ci_of(values: Sequence[float | None]) -> tuple[float, float | None] | None:
     return mean_ci(present) if present else None
 
 
-def summarize(runs: dict[str, list[list[dict]]], target: float | None) -> list[AlgorithmSummary]:
-    """One :class:`AlgorithmSummary` per algorithm of ``runs`` (algorithm → one record list per seed),
-    in the order given. Steps to target count no run as reaching it when ``target`` is None."""
+def summarize(runs: dict[str, list[Run]], target: float | None, budgets: Budgets) -> list[AlgorithmSummary]:
+    """One :class:`AlgorithmSummary` per algorithm of ``runs``, in the order given, from its finished
+    runs. Steps to target count no run as reaching it when ``target`` is None."""
     rows = []
-    for algorithm, algorithm_runs in runs.items():
-        steps = [] if target is None else [steps_to_target(run, target) for run in algorithm_runs]
+    for algorithm, started in runs.items():
+        finished = [run.records for run in started if run.finished]
+        steps = [] if target is None else [steps_to_target(run, target) for run in finished]
         reached = [step for step in steps if step is not None]
+        values = {key: _ci_of([run_value(run, metric, how) for run in finished]) for key, metric, how in COLUMNS}
+        for key, cost, budget in (("at_samples", "rollout/samples", budgets.samples),
+                                  ("at_seconds", "timing/step_s", budgets.seconds)):  # fmt: skip
+            values[key] = None if budget is None else _ci_of([value_at_budget(r, cost, budget) for r in finished])
         rows.append(
             AlgorithmSummary(
                 algorithm=algorithm,
-                runs=len(algorithm_runs),
-                final_reward=_ci_of([final_value(run, "reward/mean") for run in algorithm_runs]),
-                final_accuracy=_ci_of([final_value(run, "reward/accuracy") for run in algorithm_runs]),
+                runs=len(finished),
+                started=len(started),
+                values=values,
                 steps_to_target=statistics.fmean(reached) if reached else None,
                 reached=len(reached),
-                tokens_per_s=_mean_of([run_mean(run, "throughput/tokens_per_s") for run in algorithm_runs]),
-                final_entropy=_mean_of([final_value(run, "policy/entropy") for run in algorithm_runs]),
-                clip_frac=_mean_of([run_mean(run, "policy/clip_frac") for run in algorithm_runs]),
-                response_length=_mean_of([run_mean(run, "response_length/mean") for run in algorithm_runs]),
             )
         )
     return rows
+
+
+@dataclass(frozen=True)
+class PairedDifference:
+    """``algorithm`` − ``baseline`` in ``metric`` over the seeds both finished: mean and 95% CI half-width."""
+
+    algorithm: str
+    metric: str
+    seeds: int
+    mean: float
+    half_width: float | None
+
+    @property
+    def significant(self) -> bool:
+        return self.half_width is not None and abs(self.mean) > self.half_width
+
+
+def paired_differences(
+    runs: dict[str, list[Run]], label: str, value: Callable[[Sequence[dict]], float | None]
+) -> list[PairedDifference]:
+    """Each algorithm after the first against the first, seed by seed, in ``value`` of a run's
+    records (a seed fixes the model, the warm start and the data of both runs, so only same-seed
+    differences isolate the algorithm)."""
+    baseline, *others = runs
+    base = {run.seed: value(run.records) for run in runs[baseline] if run.finished}
+    out = []
+    for algorithm in others:
+        diffs = [v - base[run.seed] for run in runs[algorithm] if run.finished and base.get(run.seed) is not None
+                 and (v := value(run.records)) is not None]  # fmt: skip
+        if diffs:
+            out.append(PairedDifference(algorithm, label, len(diffs), *mean_ci(diffs)))
+    return out
 
 
 # ---------------------------------------------------------------------------------------------- report
@@ -261,12 +363,15 @@ class ReportMeta:
     executor: str
     target_accuracy: float | None = None
     failures: tuple[RunFailure, ...] = ()
+    trained: str | None = None
+    """``--report-only``: how the runs were trained (the earlier report's command and commit)."""
 
 
-def plot_metric(path: Path, runs: dict[str, list[list[dict]]], metric: str, label: str) -> list[str]:
-    """Plot ``metric`` against step, one line per algorithm (mean over its runs at each step) with a
-    band from the minimum to the maximum over the runs, into the PNG ``path``. Returns the algorithms
-    plotted; when no algorithm logged ``metric`` nothing is written and ``path`` is removed if it exists."""
+def plot_metric(path: Path, runs: dict[str, list[Run]], metric: str, label: str) -> list[str]:
+    """Plot ``metric`` against step, one line per algorithm (mean over its runs at each step, stopped
+    runs up to where they stopped) with a band from the minimum to the maximum over the runs, into
+    the PNG ``path``. Returns the algorithms plotted; when no algorithm logged ``metric`` nothing is
+    written and ``path`` is removed if it exists."""
     figure = Figure(figsize=(7.5, 4.5))
     FigureCanvasAgg(figure)
     axes = figure.add_subplot()
@@ -274,7 +379,7 @@ def plot_metric(path: Path, runs: dict[str, list[list[dict]]], metric: str, labe
     for algorithm, algorithm_runs in runs.items():
         by_step: dict[int, list[float]] = {}
         for run in algorithm_runs:
-            for step, value in series(run, metric):
+            for step, value in series(run.records, metric):
                 by_step.setdefault(step, []).append(value)
         if not by_step:
             continue
@@ -314,9 +419,9 @@ def _ci_cell(value: tuple[float, float | None] | None) -> str:
     )
 
 
-def target_accuracy(runs: dict[str, list[list[dict]]], given: float | None) -> tuple[float | None, str]:
+def target_accuracy(runs: dict[str, list[Run]], given: float | None) -> tuple[float | None, str]:
     """The target accuracy for steps-to-target (``given``, else 1.5 × the mean first-step accuracy over
-    all runs, else None when no run logged accuracy) and the report's sentence stating it."""
+    all started runs, else None when no run logged accuracy) and the report's sentence stating it."""
     if given is not None:
         return given, f"Target accuracy: **{format_value(given)}** (`--target-accuracy`)."
     first = first_accuracy_mean(runs)
@@ -325,36 +430,107 @@ def target_accuracy(runs: dict[str, list[list[dict]]], given: float | None) -> t
     target = TARGET_FACTOR * first
     line = (
         f"Target accuracy: **{format_value(target)}** (default: {TARGET_FACTOR} × {format_value(first)}, the mean "
-        f"first-step `reward/accuracy` over all {sum(map(len, runs.values()))} runs)."
+        f"first-step `reward/accuracy` over all {sum(map(len, runs.values()))} started runs)."
     )
     if target <= 0:
-        line += " A target of 0 is reached at the first step; pass `--target-accuracy` for a meaningful one."
+        line += " A target of 0 is reached at the first full window; pass `--target-accuracy` for a meaningful one."
     return target, line
 
 
-def write_report(out_dir: str | Path, runs: dict[str, list[list[dict]]], meta: ReportMeta) -> Path:
+def _results_table(rows: list[AlgorithmSummary], target: float | None, budgets: Budgets) -> list[str]:
+    target_header = "steps to target" if target is None else f"steps to accuracy ≥ {format_value(target)}"
+    samples = "—" if budgets.samples is None else format_value(budgets.samples)
+    seconds = "—" if budgets.seconds is None else format_value(budgets.seconds)
+    lines = [
+        f"| algorithm | runs | final reward | final accuracy | held-out greedy | held-out pass@k | {target_header} "
+        f"| accuracy at {samples} samples | accuracy at {seconds} s | tokens/s | final entropy | clip fraction "
+        "| response length |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        v = row.values
+        steps = "—" if row.steps_to_target is None else format_value(row.steps_to_target)
+        lines.append(
+            f"| {row.algorithm} | finished {row.runs} of {row.started} | {_ci_cell(v['final_reward'])} "
+            f"| {_ci_cell(v['final_accuracy'])} | {_ci_cell(v['eval_greedy'])} | {_ci_cell(v['eval_pass_k'])} "
+            f"| {steps} ({row.reached}/{row.runs} reached) | {_ci_cell(v['at_samples'])} "
+            f"| {_ci_cell(v['at_seconds'])} | {_ci_cell(v['tokens_per_s'])} | {_ci_cell(v['final_entropy'])} "
+            f"| {_ci_cell(v['clip_frac'])} | {_ci_cell(v['response_length'])} |"
+        )
+    return lines
+
+
+#: (metric, how a run's value is taken) of the per-run table's columns.
+PER_RUN = (("reward/accuracy", "final"), ("eval/greedy_acc", "last"), ("policy/entropy", "final"))
+
+
+def _per_run_table(runs: dict[str, list[Run]]) -> list[str]:
+    lines = [
+        "| run | finished | last step | final accuracy | held-out greedy | final entropy |",
+        "|---|---|---|---|---|---|",
+    ]
+    for algorithm, algorithm_runs in runs.items():
+        for run in algorithm_runs:
+            cells = " | ".join(_cell(run_value(run.records, metric, how)) for metric, how in PER_RUN)
+            done = "yes" if run.finished else "**no**"
+            lines.append(f"| {algorithm}-seed{run.seed} | {done} | {run.last_step} | {cells} |")
+    return lines
+
+
+def _paired_section(runs: dict[str, list[Run]]) -> list[str]:
+    """Paired same-seed differences against the first algorithm, and whether they allow a ranking."""
+    if len(runs) < 2:
+        return []
+    baseline = next(iter(runs))
+    values: list[tuple[str, Callable[[Sequence[dict]], float | None]]] = [
+        ("final `reward/accuracy`", lambda r: final_value(r, "reward/accuracy")),
+        ("last `eval/greedy_acc`", lambda r: run_value(r, "eval/greedy_acc", "last")),
+    ]
+    budgets = Budgets.of(runs)
+    if budgets.samples is not None:
+        label = f"`reward/accuracy` at {format_value(budgets.samples)} samples"
+        values.append((label, lambda r: value_at_budget(r, "rollout/samples", budgets.samples)))
+    diffs = [d for label, value in values for d in paired_differences(runs, label, value)]
+    lines = [f"## Paired differences against {baseline}", "",
+             f"Per seed, the algorithm's value minus {baseline}'s (same seed: same model, warm start and data); "
+             "mean and 95% CI over the seeds both finished.", "",
+             "| algorithm | metric | seeds | difference | significant at 95% |", "|---|---|---|---|---|"]  # fmt: skip
+    for d in diffs:
+        lines.append(f"| {d.algorithm} | {d.metric} | {d.seeds} | {_ci_cell((d.mean, d.half_width))} "
+                     f"| {'yes' if d.significant else 'no'} |")  # fmt: skip
+    seeds = min((d.seeds for d in diffs), default=0)
+    if seeds < MIN_SEEDS_FOR_RANKING:
+        lines += ["", f"**Too few seeds for a ranking**: {seeds} paired seed(s) where at least "
+                  f"{MIN_SEEDS_FOR_RANKING} are needed; read the differences as anecdotes."]  # fmt: skip
+    elif not any(d.significant for d in diffs):
+        lines += ["", "**No paired difference is significant at 95%**: these runs do not rank the algorithms."]
+    return [*lines, ""]
+
+
+def write_report(out_dir: str | Path, runs: dict[str, list[Run]], meta: ReportMeta) -> Path:
     """Write ``<out_dir>/report.md`` and its PNG plots from the runs' metrics; returns the report's path.
 
-    ``runs`` maps each algorithm (in table order) to one list of metric records per finished run (seed),
-    each as :func:`distrl.metrics.read_metrics` returns them; an algorithm with no finished run gets a
-    row of dashes. A pure function of ``runs`` and ``meta``: it reads nothing else.
+    ``runs`` maps each algorithm (in table order) to its started runs (seeds), finished or stopped,
+    each with its records as :func:`distrl.metrics.read_metrics` returns them. A pure function of
+    ``runs`` and ``meta``: it reads nothing else.
 
-    The table has one row per algorithm: runs; final ``reward/mean`` and final ``reward/accuracy`` as
-    mean ± 95% CI over runs (a run's final value: mean of its last ⌈10%⌉ logged steps, at least one;
-    CI: t-distribution half-width, none for one run); steps to the target accuracy (per run the first
-    step whose trailing 5-step moving average of accuracy reaches it; mean over the runs that reached it,
-    and how many did); mean ``throughput/tokens_per_s``; final ``policy/entropy``; mean ``policy/clip_frac``;
-    mean ``response_length/mean`` (each a mean over runs of per-run values). Plots (:data:`PLOTS`): the
-    mean over runs per step with a min-max band; an algorithm that never logged a metric is left out of its
-    plot (said in the report), and a plot no algorithm has data for is not drawn. Failed runs in
-    ``meta.failures`` are listed with the ends of their logs.
+    The results table aggregates each algorithm's finished runs ("finished k of n"): final
+    ``reward/mean`` and ``reward/accuracy`` (a run's mean over its last ⌈10%⌉ logged steps), the last
+    held-out ``eval/greedy_acc`` and ``eval/pass@k``, each as mean ± 95% t-interval over runs; steps
+    to the target accuracy (per run the first step whose trailing 5-step moving average over a
+    *full* window reaches it; the target from all started runs); accuracy at equal generated samples
+    and at equal wall time (the 5-step moving average where the run's cumulative ``rollout/samples``
+    or ``timing/step_s`` first reaches the least total any finished run spent); tokens/s, entropy,
+    clip fraction and response length. A per-run table lists every started run, stopped ones with
+    what they logged before stopping. Paired same-seed differences against the first algorithm,
+    with CIs, say whether the seeds suffice for a ranking. Plots (:data:`PLOTS`): the mean over runs
+    per step with a min-max band. Failed runs in ``meta.failures`` are listed with their logs' ends.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     target, target_line = target_accuracy(runs, meta.target_accuracy)
-    rows = summarize(runs, target)
-    target_header = "steps to target" if target is None else f"steps to accuracy ≥ {format_value(target)}"
-
+    budgets = Budgets.of(runs)
+    rows = summarize(runs, target, budgets)
     lines = [
         f"# Algorithm comparison: {', '.join(runs)}",
         "",
@@ -363,36 +539,34 @@ def write_report(out_dir: str | Path, runs: dict[str, list[list[dict]]], meta: R
         f"- machine: {meta.machine}",
         f"- git commit: `{meta.commit}`",
         f"- runs: {meta.executor}",
+        *([f"- runs trained by: {meta.trained}"] if meta.trained else []),
         "",
         "## Results",
         "",
-        f"| algorithm | runs | final reward | final accuracy | {target_header} | tokens/s | final entropy "
-        "| clip fraction | response length |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-    for row in rows:
-        steps = "—" if row.steps_to_target is None else format_value(row.steps_to_target)
-        lines.append(
-            f"| {row.algorithm} | {row.runs} | {_ci_cell(row.final_reward)} | {_ci_cell(row.final_accuracy)} "
-            f"| {steps} ({row.reached}/{row.runs} reached) | {_cell(row.tokens_per_s)} | {_cell(row.final_entropy)} "
-            f"| {_cell(row.clip_frac)} | {_cell(row.response_length)} |"
-        )
-    lines += [
+        *_results_table(rows, target, budgets),
         "",
         target_line,
         "",
-        "- **final** (reward = `reward/mean`, accuracy = `reward/accuracy`, entropy = `policy/entropy`): the mean "
-        f"over a run's last ⌈n/{FINAL_DIVISOR}⌉ logged steps (at least one), then over its runs (seeds).",
+        "- **final** (reward = `reward/mean`, accuracy = `reward/accuracy` on the training prompts, entropy = "
+        f"`policy/entropy`): the mean over a run's last ⌈n/{FINAL_DIVISOR}⌉ logged steps (at least one), then over "
+        "its finished runs (seeds). **held-out**: the run's last `eval/greedy_acc` and `eval/pass@k`.",
         "- **±**: half-width of the 95% confidence interval of the mean over runs, t₀.₉₇₅,ₙ₋₁ · s / √n with s the "
-        "sample standard deviation of the runs' final values; a single run has no CI (marked `n=1, no CI`).",
+        "sample standard deviation of the runs' values; a single run has no CI (marked `n=1, no CI`).",
         f"- **steps to accuracy**: per run, the first step whose trailing {MOVING_AVERAGE}-step moving average of "
-        "`reward/accuracy` (fewer steps at the start) reaches the target; the mean over the runs that reached it, "
-        "and how many of the runs did.",
-        "- **tokens/s** (`throughput/tokens_per_s`, the first step includes warm-up), **clip fraction** "
-        "(`policy/clip_frac`), **response length** (`response_length/mean`): mean over all steps of a run, then "
-        "over its runs.",
-        "- **—**: no run of that algorithm logged the metric (or none reached the target).",
+        f"`reward/accuracy` reaches the target, counted only once the window is full ({MOVING_AVERAGE} steps); the "
+        "mean over the runs that reached it, and how many did.",
+        "- **accuracy at N samples / N s**: the same moving average where a run's cumulative generated samples "
+        "(`rollout/samples`) or step time (`timing/step_s`) first reaches N, the least any finished run spent: "
+        "algorithms that generate more per step (dynamic sampling) are compared at equal cost.",
+        "- **tokens/s** (`throughput/tokens_per_s`, the first step includes warm-up), **clip fraction**, "
+        "**response length**: mean over all steps of a run, then over its runs.",
+        "- **—**: no finished run of that algorithm logged the metric (or none reached the target).",
         "",
+        "## Every run",
+        "",
+        *_per_run_table(runs),
+        "",
+        *_paired_section(runs),
         "## Plots",
         "",
         "Each line is the mean over an algorithm's runs (seeds) at each step; the band spans their minimum to maximum.",
@@ -414,7 +588,8 @@ def write_report(out_dir: str | Path, runs: dict[str, list[list[dict]]], meta: R
         "",
     ]
     if meta.failures:
-        lines += ["## Failed runs", "", "These runs did not finish and are not in the table or the plots.", ""]
+        lines += ["## Failed runs", "", "These runs did not finish: the results table leaves them out, the per-run "
+                  "table and the plots show what they logged.", ""]  # fmt: skip
         for failure in meta.failures:
             lines += [f"### {failure.name}: {failure.reason}", "", "```", failure.log_tail, "```", ""]
     path = out_dir / "report.md"
@@ -484,6 +659,46 @@ def run_local(specs: Sequence[RunSpec], steps: int, out: Path, extra: Sequence[s
             code = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, check=False).returncode
         failure = _check_run(spec, run_dir, f"exit status {code}" if code else None)
         _report_progress(spec, failure, time.monotonic() - started)
+        if failure is not None:
+            failures.append(failure)
+    return failures
+
+
+def with_samples(records: list[dict], hydra_config: Path) -> list[dict]:
+    """``records`` with ``rollout/samples`` where a run logged before that metric existed: every
+    sampling round generates ``data.train_batch_size`` × ``rollout.n`` samples (its Hydra config)."""
+    if not records or "rollout/samples" in records[0] or not hydra_config.exists():
+        return records
+    cfg = yaml.safe_load(hydra_config.read_text(encoding="utf-8"))
+    per_round = cfg["data"]["train_batch_size"] * cfg["rollout"]["n"]
+    return [{**r, "rollout/samples": r.get("batch/sampling_rounds", 1.0) * per_round} if r.get("step", 0) > 0 else r
+            for r in records]  # fmt: skip
+
+
+def earlier_command(out: Path) -> str | None:
+    """The command and commit an earlier report in ``out`` names, or None."""
+    report = out / "report.md"
+    if not report.exists():
+        return None
+    lines = report.read_text(encoding="utf-8").splitlines()
+    keys = ("command", "git commit", "runs trained by")
+    found = {key: line.split(":", 1)[1].strip() for line in lines for key in keys if line.startswith(f"- {key}:")}
+    if "runs trained by" in found:
+        return found["runs trained by"]
+    return f"{found.get('command', '?')} at commit {found.get('git commit', '?')}"
+
+
+def existing_runs(specs: Sequence[RunSpec], steps: int, out: Path) -> list[RunFailure]:
+    """``--report-only``: the runs already in ``<out>/runs/``; one that logged fewer than ``steps``
+    steps (or nothing) is a failure, as it was when it ran."""
+    failures = []
+    for spec in specs:
+        run_dir = out / "runs" / spec.name
+        failure = _check_run(spec, run_dir, None)
+        if failure is None:
+            last = max(int(r["step"]) for r in read_metrics(run_dir / "metrics.jsonl"))
+            if last < steps:
+                failure = RunFailure(spec.name, f"stopped after step {last} of {steps}", _log_tail(run_dir / LOG_NAME))
         if failure is not None:
             failures.append(failure)
     return failures
@@ -641,6 +856,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--target-accuracy", type=float, default=None, help="default: 1.5 × mean first-step accuracy")
     parser.add_argument("--address", default=None, help="Ray job server (http://<head>:8265): run as Ray jobs")
     parser.add_argument("--max-concurrent", type=int, default=0, help="Ray jobs running at once (default 0: all)")
+    parser.add_argument("--report-only", action="store_true",
+                        help="train nothing: write the report from the runs already in --out/runs/")  # fmt: skip
     parser.add_argument("overrides", nargs="*", help="Hydra overrides passed to every run")
     args = parser.parse_intermixed_args(argv)
     args.algorithms = list(dict.fromkeys(name.strip() for name in args.algorithms.split(",") if name.strip()))
@@ -684,15 +901,24 @@ def main() -> int:
         executor=executor,
         target_accuracy=args.target_accuracy,
     )
-    if args.address is None:
+    if args.report_only:
+        meta = replace(meta, executor="none trained: this report was rewritten from runs/ (--report-only)",
+                       trained=earlier_command(out))  # fmt: skip
+        failures = existing_runs(specs, args.steps, out)
+    elif args.address is None:
         failures = run_local(specs, args.steps, out, extra)
     else:
         failures = run_ray_jobs(specs, args.steps, out, extra, args.address, args.max_concurrent)
     failed = {failure.name for failure in failures}
-    runs: dict[str, list[list[dict]]] = {algorithm: [] for algorithm in args.algorithms}
+    runs: dict[str, list[Run]] = {algorithm: [] for algorithm in args.algorithms}
     for spec in specs:
-        if spec.name not in failed:
-            runs[spec.algorithm].append(read_metrics(out / "runs" / spec.name / "metrics.jsonl"))
+        metrics = out / "runs" / spec.name / "metrics.jsonl"
+        try:
+            records = read_metrics(metrics) if metrics.exists() else []
+        except ValueError:  # a run killed mid-line
+            records = []
+        records = with_samples(records, out / "runs" / spec.name / ".hydra" / "config.yaml")
+        runs[spec.algorithm].append(Run(spec.seed, records, finished=spec.name not in failed))
     report = write_report(out, runs, replace(meta, failures=tuple(failures)))
     print(f"compare.py: report in {report}", flush=True)
     if failures:

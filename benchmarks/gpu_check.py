@@ -87,6 +87,7 @@ def workload(args: argparse.Namespace) -> list[str]:
         f"rollout.max_new_tokens={args.max_new_tokens}",
         f"trainer.total_steps={args.steps}",
         "trainer.loggers=[jsonl]",
+        "data.val_size=0",
         f"reward.function={Path(__file__).resolve()}:digit_share",
     ]
 

@@ -331,6 +331,7 @@ def distrl_overrides(w: Workload, model: Path, output_dir: Path) -> list[str]:
         f"data.train_batch_size={w.prompts}",
         f"data.num_problems={w.num_problems}",
         f"data.task_digits={w.digits}",
+        "data.val_size=0",  # TRL's run evaluates nothing either
         f"rollout.n={w.samples}",
         f"rollout.max_new_tokens={w.max_new_tokens}",
         "rollout.temperature=1.0",

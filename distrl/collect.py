@@ -57,6 +57,8 @@ class RolloutStats:
     timeouts: int = 0
     first_error: str | None = None
     filtered_groups: int = 0
+    groups: int = 0
+    groups_with_spread: int = 0
     rounds: int = 0
 
     def add(self, summary: RewardSummary) -> None:
@@ -77,7 +79,9 @@ class RolloutStats:
             "response_length/max": float(max(lengths)),
             "response_length/clip_ratio": sum(self.truncated) / len(lengths),
             "batch/filtered_groups": float(self.filtered_groups),
+            "batch/groups_with_spread": self.groups_with_spread / max(1, self.groups),
             "batch/sampling_rounds": float(self.rounds),
+            "rollout/samples": float(len(raw)),
         }
         judged = [a for a in self.accuracy if not math.isnan(a)]
         if judged:
@@ -107,14 +111,20 @@ class Collector:
         """Each prompt's value under the reference policy (PVPO); prompts valued 1 are skipped."""
 
     def generate_and_score(
-        self, records: list[PromptRecord], group_ids: list[str], n: int, seed: int, timings: dict[str, float]
+        self,
+        records: list[PromptRecord],
+        group_ids: list[str],
+        n: int,
+        seed: int,
+        timings: dict[str, float],
+        temperature: float | None = None,
     ) -> list[tuple[Handle, RewardSummary]]:
         """``n`` samples per record, the records sharded over the engines; each shard scored."""
         engines = len(self.rollout)
         shards = [(records[i::engines], group_ids[i::engines]) for i in range(engines)]
         with timed(timings, "generation", accumulate=True):
             generated = [
-                self.rollout.call_rank(rank, "generate", recs, ids, n=n, seed=seed)
+                self.rollout.call_rank(rank, "generate", recs, ids, n=n, seed=seed, temperature=temperature)
                 for rank, (recs, ids) in enumerate(shards)
                 if recs
             ]
@@ -171,14 +181,15 @@ class Collector:
     def _keep(self, summary: RewardSummary, kept: int, wanted: int, stats: RolloutStats) -> tuple[list[int], int]:
         """The rows of the groups to train on (all, or with dynamic sampling those with reward spread),
         up to ``wanted`` prompts in all; and the new count of kept prompts."""
-        scores = torch.tensor(summary.scores)
-        spread = group_filter(scores, summary.group_ids) if self.cfg.algorithm.dynamic_sampling else None
+        spread = group_filter(torch.tensor(summary.scores), summary.group_ids)
         groups: dict[str, list[int]] = {}
         for i, gid in enumerate(summary.group_ids):
             groups.setdefault(gid, []).append(i)
+        stats.groups += len(groups)
+        stats.groups_with_spread += sum(bool(spread[rows[0]]) for rows in groups.values())
         take: list[int] = []
         for rows in groups.values():
-            if spread is not None and not bool(spread[rows[0]]):
+            if self.cfg.algorithm.dynamic_sampling and not bool(spread[rows[0]]):
                 stats.filtered_groups += 1
             elif kept < wanted:
                 take.extend(rows)

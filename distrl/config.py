@@ -121,6 +121,10 @@ class AlgorithmConfig:
     """KL-Cov k: fraction of tokens penalized (2e-3 for 7B, 2e-4 for 32B)."""
     kl_cov_coef: float = 1.0
     """KL-Cov β: the penalty is β·|ℓ^θ − ℓ^old| on the selected tokens."""
+    cov_min_tokens: int = 16
+    """Clip-Cov and KL-Cov select at least this many tokens per loss call: their ratios are the
+    paper's, sized for ~10⁶-token batches, where r·N is hundreds of tokens; at a few thousand
+    tokens r·N rounds to one and the method does nothing visible."""
     tis_cap: float | None = None
     """Truncated importance sampling cap C on exp(ℓ^old − ℓ^rollout); ``None`` = no correction in
     synchronous mode, :data:`ASYNC_TIS_CAP` in asynchronous mode (where rollouts are one step stale)."""
@@ -181,6 +185,11 @@ class DataConfig:
 
     train_files: list[str] = field(default_factory=list)
     """JSONL or Parquet files in verl's layout (prompt, data_source, reward_model.ground_truth)."""
+    val_files: list[str] = field(default_factory=list)
+    """Held-out prompts for evaluation (``trainer.eval_every``), in the same formats as ``train_files``."""
+    val_size: int = 128
+    """Built-in task without ``val_files``: held-out problems, none of them a training or warm-start
+    problem (0: no evaluation)."""
     train_batch_size: int = 16
     """Prompts per step."""
     max_prompt_len: int = 256
@@ -318,6 +327,13 @@ class TrainerConfig:
     wandb_project: str = "distrl"
     wandb_mode: str = "offline"
     """offline | online | disabled."""
+    eval_every: int = 0
+    """Evaluate on the held-out prompts every this many steps (0: only before training and after the
+    last step)."""
+    eval_before_train: bool = True
+    """Evaluate the initial policy (logged as step 0) in a run that starts from step 0."""
+    eval_k: int = 8
+    """Samples per held-out prompt at the rollout temperature, for ``eval/pass@1`` and ``eval/pass@k``."""
     max_nonfinite_steps: int = 3
     """Stop after this many consecutive updates skipped for a NaN/inf gradient."""
     mode: str = "sync"
@@ -610,6 +626,15 @@ def validate(cfg: Config) -> None:
         f"trainer.max_nonfinite_steps={cfg.trainer.max_nonfinite_steps} must be >= 1 (the skipped updates in a row "
         "that stop the run)",
     )
+    _check(
+        alg.policy_loss != "kl_cov" or cfg.learner.epochs * cfg.learner.mini_batches > 1,
+        "algorithm.policy_loss=kl_cov penalizes |log π_θ − log π_old|, which is 0 with one optimizer step per batch "
+        "(learner.epochs=1, learner.mini_batches=1: π_old = π_θ), so its penalty has no gradient; set "
+        "learner.mini_batches=4 (or learner.epochs=2)",
+    )
+    _check(cfg.trainer.eval_every >= 0, f"trainer.eval_every={cfg.trainer.eval_every} must be >= 0 (0: at the end)")
+    _check(cfg.trainer.eval_k >= 1, f"trainer.eval_k={cfg.trainer.eval_k} must be >= 1 (samples per held-out prompt)")
+    _check(cfg.data.val_size >= 0, f"data.val_size={cfg.data.val_size} must be >= 0 (0: no evaluation)")
     _check(cfg.trainer.max_restarts >= 0, f"trainer.max_restarts={cfg.trainer.max_restarts} must be >= 0 (0: never)")
     _check(
         cfg.trainer.keep_checkpoints is None or cfg.trainer.keep_checkpoints >= 1,

@@ -90,6 +90,24 @@ METRIC_GLOSSARY: dict[str, str] = {
         "Every cluster.sync_check_every syncs: the largest |engine − learner| log-prob over a few rows of the "
         "step's batch after the sync, teacher-forced, worst engine; past cluster.sync_check_max_diff the run stops."
     ),
+    "rollout/samples": (
+        "Samples generated this step, every sampling round, kept or filtered (what generation cost; "
+        "compare algorithms at equal cumulative samples)."
+    ),
+    "batch/groups_with_spread": (
+        "Fraction of the step's generated prompt groups whose samples' rewards differ (the groups a "
+        "group-relative advantage can learn from), before any filtering."
+    ),
+    "eval/greedy_acc": (
+        "Held-out prompts (data.val_files, or the built-in task's held-out split): fraction answered correctly "
+        "at temperature 0, one sample each, with the weights after the step (step 0: the initial policy)."
+    ),
+    "eval/pass@1": "Held-out prompts: mean accuracy of trainer.eval_k samples per prompt at the rollout temperature.",
+    "eval/pass@k": "Held-out prompts: fraction with at least one correct sample among trainer.eval_k at the rollout "
+    "temperature.",
+    "eval/reward_mean": "Held-out prompts: mean reward of the trainer.eval_k samples per prompt.",
+    "eval/<data_source>/<metric>": "With several data sources among the held-out prompts: each eval/ metric per "
+    "source.",
     "recovery/restarts": (
         "Members of stateless roles (rollout engines, the reward actor, reference ranks) that died and were "
         "replaced so far in the run (trainer.max_restarts bounds it); each time the step ran again."
@@ -150,6 +168,8 @@ CONSOLE_FIELDS: tuple[tuple[str, str], ...] = (
 """(metric, short label) shown on the console, in this order, when the step logged them."""
 
 SUMMARY_WINDOW = 3
+#: The metric the run summary reports before and after training.
+HELDOUT = "eval/greedy_acc"
 """close() compares the mean of the first and of the last this-many logged values."""
 
 
@@ -246,6 +266,8 @@ class MetricsLogger:
         self._started = time.monotonic()
         self._steps = 0
         self._history: dict[str, list[float]] = {}
+        self._heldout: list[tuple[int, float]] = []
+        """(step, eval/greedy_acc) of every evaluation of the run, earlier processes' included."""
         self._summary: dict[str, float] | None = None
         self._jsonl = self._open_jsonl() if "jsonl" in self.sinks else None
         self._tensorboard = self._open_tensorboard() if "tensorboard" in self.sinks else None
@@ -277,6 +299,7 @@ class MetricsLogger:
     def _open_jsonl(self) -> TextIO:
         if self.start_step > 0 and self.jsonl_path.exists():
             kept = [r for r in read_metrics(self.jsonl_path) if r.get("step", math.inf) <= self.start_step]
+            self._heldout = [(r["step"], r[HELDOUT]) for r in kept if HELDOUT in r]
             staging = self.jsonl_path.with_suffix(".jsonl.tmp")
             staging.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
             os.replace(staging, self.jsonl_path)
@@ -332,7 +355,9 @@ class MetricsLogger:
         become floats (NaN and infinities are written as they are: jsonl uses ``NaN``/``Infinity``).
         """
         values = {name: _number(value) for name, value in metrics.items()}
-        self._steps += 1
+        self._steps += step > 0  # step 0: the evaluation before training, not a step
+        if HELDOUT in values:
+            self._heldout.append((step, float(values[HELDOUT])))
         for name, value in values.items():
             if math.isfinite(value):
                 self._history.setdefault(name, []).append(float(value))
@@ -399,6 +424,10 @@ class MetricsLogger:
                 summary[f"{name}/last"] = _window_mean(self._history[name][-SUMMARY_WINDOW:])
         if self._history.get("throughput/tokens_per_s"):
             summary["throughput/tokens_per_s/mean"] = _window_mean(self._history["throughput/tokens_per_s"])
+        if len(self._heldout) > 1:
+            (first_step, first), (last_step, last) = self._heldout[0], self._heldout[-1]
+            summary |= {f"{HELDOUT}/first": first, f"{HELDOUT}/last": last,
+                        f"{HELDOUT}/first_step": first_step, f"{HELDOUT}/last_step": last_step}  # fmt: skip
         return summary
 
     @staticmethod
@@ -410,6 +439,12 @@ class MetricsLogger:
                 yield f"  {name}: {format_value(first)} -> {format_value(last)} (first vs last {SUMMARY_WINDOW} steps)"
         if "throughput/tokens_per_s/mean" in summary:
             yield f"  throughput/tokens_per_s: {format_value(summary['throughput/tokens_per_s/mean'])} (mean)"
+        if f"{HELDOUT}/first" in summary:
+            first, last = summary[f"{HELDOUT}/first"], summary[f"{HELDOUT}/last"]
+            yield (
+                f"  held-out greedy accuracy: {first:.3f} at step {int(summary[f'{HELDOUT}/first_step'])} -> "
+                f"{last:.3f} at step {int(summary[f'{HELDOUT}/last_step'])} ({100 * (last - first):+.1f} points)"
+            )
 
     def __enter__(self) -> MetricsLogger:
         return self

@@ -24,11 +24,12 @@ from distrl.backends import Handle, RoleDiedError, RoleGroup, RoleTimeoutError, 
 from distrl.backends.placement import bundle_cpus, plan_gpus
 from distrl.collect import Collected, Collector, OneStepOffCollector, TrainingError
 from distrl.config import Config, RoleResources
-from distrl.data.arithmetic import make_problems
+from distrl.data.arithmetic import make_heldout, make_problems
 from distrl.data.records import PromptRecord, PromptStream, drop_long_prompts, load_records
+from distrl.evaluation import heldout_metrics
 from distrl.metrics import MetricsLogger
 from distrl.models.loading import load_tokenizer
-from distrl.models.prepare import prepare_policy
+from distrl.models.prepare import prepare_policy, warm_start_problems
 from distrl.rewards import RewardScorer
 from distrl.roles.batches import BatchRole
 from distrl.roles.critic import Critic
@@ -49,6 +50,8 @@ SYNC_PROBE_ROWS = 4
 #: Roles whose members hold no training state: a new member built from the same arguments (an
 #: engine then given the current weights) replaces a dead one and the step runs again.
 RESTARTABLE = ("rollout", "reward", "reference")
+#: Seed offset of the built-in task's held-out problems.
+HELDOUT_SEED_OFFSET = 20_011
 
 
 @dataclass
@@ -76,6 +79,21 @@ def load_prompts(cfg: Config) -> list[PromptRecord]:
     if skipped:
         print(f"distrl: skipped {skipped} malformed row(s) of data.train_files (data.skip_bad_rows=true)")
     return records
+
+
+def load_eval_prompts(cfg: Config, train: list[PromptRecord]) -> list[PromptRecord]:
+    """The held-out prompts: ``data.val_files``, or with the built-in task ``data.val_size``
+    problems that are neither training nor warm-start problems; none with other training data."""
+    if cfg.data.val_files:
+        records, skipped = load_records(cfg.data.val_files, skip_bad_rows=cfg.data.skip_bad_rows)
+        if skipped:
+            print(f"distrl: skipped {skipped} malformed row(s) of data.val_files (data.skip_bad_rows=true)")
+        return records
+    if cfg.data.train_files or cfg.data.val_size == 0:
+        return []
+    seen = {r.prompt for r in train} | {r.prompt for r in warm_start_problems(cfg)}
+    return make_heldout(cfg.data.val_size, digits=cfg.data.task_digits, seed=cfg.trainer.seed + HELDOUT_SEED_OFFSET,
+                        exclude=seen)  # fmt: skip
 
 
 @dataclass
@@ -144,8 +162,9 @@ class Trainer:
         alg, c = cfg.algorithm, cfg.cluster
         # Cheap checks first: data, reward function, checkpoint — before any role starts.
         self.records = load_prompts(cfg)
+        self.eval_records = load_eval_prompts(cfg, self.records)
         RewardScorer(cfg.reward.function, cfg.reward.model_path, cfg.reward.batched).check_data_sources(
-            {r.data_source for r in self.records}
+            {r.data_source for r in self.records + self.eval_records}
         )
         self.resumed = checkpoint.resolve(cfg.trainer.resume, cfg.trainer.output_dir)
         state = checkpoint.read_state(self.resumed) if self.resumed else {}
@@ -153,9 +172,12 @@ class Trainer:
         tokenizer = load_tokenizer(self.initial_model, trust_remote_code=cfg.model.trust_remote_code)
         self.records, dropped = drop_long_prompts(self.records, tokenizer, cfg.data.max_prompt_len,
                                                   skip=cfg.data.skip_bad_rows)  # fmt: skip
-        if dropped:
-            print(f"distrl: dropped {dropped} prompt(s) longer than data.max_prompt_len={cfg.data.max_prompt_len} "
-                  "tokens (data.skip_bad_rows=true)")  # fmt: skip
+        self.eval_records, eval_dropped = drop_long_prompts(self.eval_records, tokenizer, cfg.data.max_prompt_len,
+                                                            skip=cfg.data.skip_bad_rows)  # fmt: skip
+        for count, which in ((dropped, ""), (eval_dropped, "held-out ")):
+            if count:
+                print(f"distrl: dropped {count} {which}prompt(s) longer than data.max_prompt_len="
+                      f"{cfg.data.max_prompt_len} tokens (data.skip_bad_rows=true)")  # fmt: skip
         policy_path = str(self.resumed) if self.resumed else self.initial_model
         self.start_step = state.get("step", 0)
         self.kl_coef = state.get("kl_coef", alg.kl.coef)
@@ -253,8 +275,13 @@ class Trainer:
             with stop_requests() as stop:
                 if cfg.algorithm.needs_prompt_values and not self.collector.prompt_values:
                     self.estimate_prompt_values()
+                if self.eval_records and cfg.trainer.eval_before_train and self.start_step == 0:
+                    self.metrics.log(0, self.evaluate())
                 for step in range(self.start_step, cfg.trainer.total_steps):
-                    self.after_step(step, self.checked_step(step))
+                    metrics = self.checked_step(step)
+                    if self.eval_due(step + 1):
+                        metrics |= self.evaluate()
+                    self.after_step(step, metrics)
                     if stop.signal:
                         saved = self.save_if_new(step + 1)
                         raise TrainingError(f"stopped by {stop.signal} after step {step + 1}; saved {saved} "
@@ -355,6 +382,25 @@ class Trainer:
             self.save_if_new(step + 1)
         if cfg.algorithm.needs_prompt_values and (step + 1) % cfg.algorithm.pvpo_refresh_every == 0:
             self.estimate_prompt_values()
+
+    def eval_due(self, done: int) -> bool:
+        """Whether to evaluate after ``done`` steps: every ``trainer.eval_every`` and after the last."""
+        every = self.cfg.trainer.eval_every
+        return bool(self.eval_records) and (done == self.cfg.trainer.total_steps or (every > 0 and done % every == 0))
+
+    def evaluate(self) -> dict[str, float]:
+        """The held-out prompts on the engines with their current weights: one greedy sample each
+        (``eval/greedy_acc``) and ``trainer.eval_k`` at the rollout temperature (``eval/pass@1``,
+        ``eval/pass@k``, ``eval/reward_mean``); per data source too when there are several."""
+        records, k = self.eval_records, self.cfg.trainer.eval_k
+        ids = [f"eval.{i}" for i in range(len(records))]
+        timings: dict[str, float] = {}
+        with timed(timings, "eval"):
+            greedy = self.collector.generate_and_score(records, ids, 1, self.cfg.trainer.seed + 11, timings, 0.0)
+            sampled = self.collector.generate_and_score(records, ids, k, self.cfg.trainer.seed + 13, timings)
+        sources = {gid: r.data_source for gid, r in zip(ids, records, strict=True)}
+        summaries = [[summary for _, summary in parts] for parts in (greedy, sampled)]
+        return {"timing/eval_s": timings["eval"], **heldout_metrics(*summaries, sources)}
 
     def save_if_new(self, done: int, data: dict | None = None) -> Path | None:
         """A checkpoint after ``done`` steps unless the last one is that; the latest checkpoint."""

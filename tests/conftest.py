@@ -21,6 +21,9 @@ TINY = [
     "trainer.total_steps=2",
     "trainer.loggers=[jsonl]",
     "algorithm.pvpo_samples=2",
+    "data.val_size=4",
+    "trainer.eval_k=2",
+    "trainer.eval_before_train=false",  # no step-0 row; tests/test_eval.py covers it
 ]
 
 

@@ -65,14 +65,14 @@ def numbers(cell: str) -> list[float]:
 
 
 @pytest.fixture
-def synthetic_runs() -> dict[str, list[list[dict]]]:
+def synthetic_runs() -> dict[str, list[compare.Run]]:
     return {
         "grpo": [
-            synthetic_run(0, 0.4, jump_step=5, kl=True),
-            synthetic_run(1, 0.5, jump_step=8, kl=True),
-            synthetic_run(2, 0.6, jump_step=None, kl=True),
+            compare.Run(0, synthetic_run(0, 0.4, jump_step=5, kl=True)),
+            compare.Run(1, synthetic_run(1, 0.5, jump_step=8, kl=True)),
+            compare.Run(2, synthetic_run(2, 0.6, jump_step=None, kl=True)),
         ],
-        "gspo": [synthetic_run(0, 0.7, jump_step=3, kl=False)],
+        "gspo": [compare.Run(0, synthetic_run(0, 0.7, jump_step=3, kl=False))],
     }
 
 
@@ -80,27 +80,30 @@ def test_report_table_on_known_numbers(tmp_path: Path, synthetic_runs: dict) -> 
     report = compare.write_report(tmp_path, synthetic_runs, meta()).read_text()
 
     header = table_row(report, "algorithm")
-    assert header[4] == "steps to accuracy ≥ 0.15"  # 1.5 × the first-step accuracy 0.1 of every run
-    assert "(default: 1.5 × 0.1, the mean first-step `reward/accuracy` over all 4 runs)" in report
+    assert header[6] == "steps to accuracy ≥ 0.15"  # 1.5 × the first-step accuracy 0.1 of every run
+    assert "(default: 1.5 × 0.1, the mean first-step `reward/accuracy` over all 4 started runs)" in report
     grpo = table_row(report, "grpo")
-    assert grpo[1] == "3"
+    assert grpo[1] == "finished 3 of 3"
     mean, half = numbers(grpo[2])  # finals 0.4, 0.5, 0.6: s = 0.1
     assert mean == pytest.approx(0.5)
     assert half == pytest.approx(T_2 * 0.1 / 3**0.5, rel=1e-2)
     mean, half = numbers(grpo[3])  # finals 0.9, 0.9, 0.1: s = 0.8 / √3
     assert mean == pytest.approx(1.9 / 3, rel=1e-2)
     assert half == pytest.approx(T_2 * (0.8 / 3**0.5) / 3**0.5, rel=1e-2)
+    assert grpo[4] == grpo[5] == "—"  # no held-out evaluation in these runs
     # Moving averages reach 0.15 at the jump (4 × 0.1 + 0.9) / 5 = 0.26: steps 5 and 8; the third run never.
-    assert numbers(grpo[4]) == pytest.approx([6.5, 2, 3])
-    assert "(2/3 reached)" in grpo[4]
-    assert numbers(grpo[5]) == pytest.approx([200])
-    assert numbers(grpo[6]) == pytest.approx([1.05])
-    assert numbers(grpo[7]) == pytest.approx([0.2])
-    assert numbers(grpo[8]) == pytest.approx([11])
+    assert numbers(grpo[6]) == pytest.approx([6.5, 2, 3])
+    assert "(2/3 reached)" in grpo[6]
+    assert numbers(grpo[9])[0] == pytest.approx(200)
+    assert numbers(grpo[10])[0] == pytest.approx(1.05)
+    assert numbers(grpo[11])[0] == pytest.approx(0.2)
+    assert numbers(grpo[12])[0] == pytest.approx(11)
 
     gspo = table_row(report, "gspo")
     assert gspo[2] == "0.7 (n=1, no CI)"
-    assert numbers(gspo[4]) == pytest.approx([3, 1, 1])
+    # The jump at step 3 fills a 5-step window only at step 5: (2 × 0.1 + 3 × 0.9) / 5 = 0.58.
+    assert numbers(gspo[6]) == pytest.approx([5, 1, 1])
+    assert "**Too few seeds for a ranking**: 1 paired seed(s)" in report
     assert "Not in this plot (`policy/kl_ref` not logged): gspo (no reference model runs for them)." in report
     for name in PLOTS:
         assert (tmp_path / name).stat().st_size > 0
@@ -110,20 +113,54 @@ def test_report_table_on_known_numbers(tmp_path: Path, synthetic_runs: dict) -> 
 
 
 def test_report_with_explicit_target_no_kl_and_a_failed_run(tmp_path: Path, synthetic_runs: dict) -> None:
-    runs = {"grpo": synthetic_runs["grpo"][:2], "gspo": synthetic_runs["gspo"], "dapo": []}
+    runs = {"grpo": synthetic_runs["grpo"][:2], "gspo": synthetic_runs["gspo"], "dapo": [compare.Run(0, [], False)]}
     (tmp_path / "kl_ref.png").write_bytes(b"stale")
     failure = compare.RunFailure("dapo-seed0", "exit status 1", "Traceback ...\nRuntimeError: boom")
-    runs["grpo"] = [[{k: v for k, v in r.items() if k != "policy/kl_ref"} for r in run] for run in runs["grpo"]]
+    runs["grpo"] = [compare.Run(run.seed, [{k: v for k, v in r.items() if k != "policy/kl_ref"} for r in run.records])
+                    for run in runs["grpo"]]  # fmt: skip
     report = compare.write_report(tmp_path, runs, meta(target_accuracy=0.5, failures=(failure,))).read_text()
 
     # (3 × 0.1 + 2 × 0.9) / 5 = 0.42 < 0.5 ≤ (2 × 0.1 + 3 × 0.9) / 5 = 0.58: two steps after the jump.
-    assert numbers(table_row(report, "grpo")[4]) == pytest.approx([8.5, 2, 2])
+    assert numbers(table_row(report, "grpo")[6]) == pytest.approx([8.5, 2, 2])
     assert "Target accuracy: **0.5** (`--target-accuracy`)." in report
-    assert table_row(report, "dapo")[1:4] == ["0", "—", "—"]
+    assert table_row(report, "dapo")[1:4] == ["finished 0 of 1", "—", "—"]
     assert "No plot of `policy/kl_ref`: no algorithm logged it" in report
     assert not (tmp_path / "kl_ref.png").exists()
     assert "### dapo-seed0: exit status 1" in report
     assert "RuntimeError: boom" in report
+
+
+def test_a_lucky_first_step_is_not_reaching_the_target():
+    lucky = [{"step": s, "reward/accuracy": 0.3 if s == 1 else 0.1} for s in range(1, 21)]
+    assert compare.steps_to_target(lucky, 0.15) is None  # step 1 alone beats it; no full 5-step window does
+    late = [{"step": s, "reward/accuracy": 0.1 if s < 10 else 0.5} for s in range(1, 21)]
+    assert compare.steps_to_target(late, 0.15) == 10  # (4 × 0.1 + 0.5) / 5 = 0.18
+
+
+def test_stopped_runs_count_in_the_target_and_show_their_partial_results(tmp_path: Path) -> None:
+    def run(seed: int, steps: int, first: float, samples: float, finished: bool = True) -> compare.Run:
+        records = [{"step": s, "reward/accuracy": first if s == 1 else 0.5, "rollout/samples": samples,
+                    "timing/step_s": 1.0, "eval/greedy_acc": 0.1 * seed} for s in range(1, steps + 1)]  # fmt: skip
+        return compare.Run(seed, records, finished)
+
+    runs = {
+        "grpo": [run(0, 20, 0.1, 16.0), run(1, 20, 0.1, 16.0)],
+        "dapo": [run(0, 20, 0.1, 80.0), run(1, 6, 0.7, 80.0, finished=False)],  # stopped after step 6
+    }
+    report = compare.write_report(tmp_path, runs, meta()).read_text()
+    # target: 1.5 × the mean first-step accuracy of all four started runs, the stopped one included
+    assert "Target accuracy: **0.375**" in report and "over all 4 started runs" in report
+    dapo = table_row(report, "dapo")
+    assert dapo[1] == "finished 1 of 2"
+    assert table_row(report, "dapo-seed1")[1:3] == ["**no**", "6"]
+    # equal samples: the least any finished run generated is grpo's 20 × 16 = 320, which dapo's
+    # first run reaches at step 4: the moving average of steps 1-4 = (0.1 + 3 × 0.5) / 4
+    assert table_row(report, "algorithm")[7] == "accuracy at 320 samples"
+    assert numbers(dapo[7])[0] == pytest.approx(0.4)
+    grpo = table_row(report, "grpo")
+    assert numbers(grpo[7])[0] == pytest.approx(0.5)
+    assert numbers(grpo[4]) == pytest.approx([0.05, 12.706205 * 0.1 / 2], rel=1e-2)  # last evals 0 and 0.1: s = 0.1/√2
+    assert "| dapo | final `reward/accuracy` | 1 |" in report  # paired only on the seed both finished
 
 
 @pytest.mark.parametrize(("df", "expected"), [(1, 12.7062), (2, 4.3027), (30, 2.0423), (40, 2.0211), (1000, 1.9623)])
@@ -165,9 +202,10 @@ def test_two_presets_train_and_report(tmp_path: Path, model_cache: Path) -> None
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "dropping override 'trainer.total_steps=2'" in done.stderr
     report = (out / "report.md").read_text()
-    assert table_row(report, "grpo")[1] == table_row(report, "gspo")[1] == "1"
+    assert table_row(report, "grpo")[1] == table_row(report, "gspo")[1] == "finished 1 of 1"
     for name in ("accuracy.png", "entropy.png", "clip_frac.png", "response_length.png"):
         assert (out / name).stat().st_size > 0
+    assert table_row(report, "grpo")[4] != "—"  # the held-out evaluation after the last step
     assert "gspo (no reference model runs for them)" in report  # GSPO has no KL term
     for run in ("grpo-seed0", "gspo-seed0"):
         assert len((out / "runs" / run / "metrics.jsonl").read_text().splitlines()) == 2
@@ -184,4 +222,4 @@ def test_a_failed_run_is_reported_and_fails_the_command(tmp_path: Path, model_ca
     assert "config error" in done.stderr
     report = (out / "report.md").read_text()
     assert "### grpo-seed0: exit status 2" in report
-    assert table_row(report, "grpo")[1] == "0"
+    assert table_row(report, "grpo")[1] == "finished 0 of 1"

@@ -27,7 +27,7 @@ def test_all_issue_presets_exist():
 
 @pytest.mark.parametrize("preset", PRESETS)
 def test_every_preset_composes_and_validates(preset):
-    cfg = composed(f"algorithm={preset}")
+    cfg = composed(f"algorithm={preset}", *(["learner.mini_batches=2"] if preset == "kl_cov" else []))
     validate(cfg)
     if preset.startswith("gspo"):
         assert (cfg.algorithm.clip_low, cfg.algorithm.clip_high) == (3e-4, 4e-4)
@@ -119,6 +119,10 @@ def test_overrides_compose_on_a_preset():
         (["cluster=gpu", "cluster.weight_sync=ipc"], r"only a process on the same GPU can open.*cluster.colocate=true"),
         (["cluster.backend=inline", "cluster.weight_sync=collective"], r"one role after another.*object_store"),
         (["cluster.colocate=true", "trainer.mode=async"], r"take the GPUs in turn.*trainer.mode=sync"),
+        (["algorithm=kl_cov"], r"kl_cov penalizes .* one optimizer step per batch.*learner.mini_batches=4"),
+        (["trainer.eval_k=0"], r"trainer.eval_k=0 must be >= 1"),
+        (["trainer.max_restarts=-1"], r"trainer.max_restarts=-1 must be >= 0"),
+        (["trainer.keep_checkpoints=0"], r"trainer.keep_checkpoints=0 must be >= 1, or null"),
     ],
 )
 def test_validation_errors_name_field_and_fix(overrides, message):
@@ -159,9 +163,10 @@ PRESET_WIRING = {
                    False, False, False),
     "clip_cov": ("grpo", {"norm_by_std": True, "std_eps": 1e-6}, "clip_cov",
                  {"clip_low": 0.2, "clip_high": 0.28, "clip_c": None, "clip_cov_ratio": 2e-4, "clip_cov_lb": 1.0,
-                  "clip_cov_ub": 5.0}, "token-mean", (0.0, "k3", False), False, False, False),
-    "kl_cov": ("grpo", {"norm_by_std": True, "std_eps": 1e-6}, "kl_cov", {"kl_cov_ratio": 2e-3, "kl_cov_coef": 1.0},
-               "token-mean", (0.0, "k3", False), False, False, False),
+                  "clip_cov_ub": 5.0, "cov_min_tokens": 16}, "token-mean", (0.0, "k3", False), False, False, False),
+    "kl_cov": ("grpo", {"norm_by_std": True, "std_eps": 1e-6}, "kl_cov",
+               {"kl_cov_ratio": 2e-3, "kl_cov_coef": 1.0, "cov_min_tokens": 16},
+               "token-mean", (0.0, "k3", False), False, False, True),  # two mini-batches: π_old is computed
     "pvpo": ("pvpo", {}, "ppo", {"clip_low": 0.2, "clip_high": 0.2, "clip_c": None}, "seq-mean-token-mean",
              (0.04, "k3", False), False, True, False),
 }  # fmt: skip
@@ -170,7 +175,7 @@ PRESET_WIRING = {
 @pytest.mark.parametrize("preset", PRESETS)
 def test_each_preset_resolves_to_the_advantage_and_loss_of_its_paper(preset):
     advantage, adv_params, loss, loss_params, agg, kl, critic, reference, old_pass = PRESET_WIRING[preset]
-    cfg = composed(f"algorithm={preset}")
+    cfg = composed(f"algorithm={preset}", *(["learner.mini_batches=2"] if preset == "kl_cov" else []))
     validate(cfg)
     spec, objective = AdvantageSpec.from_config(cfg), PolicyObjective.from_config(cfg)
     assert (spec.estimator, spec.params) == (advantage, adv_params)

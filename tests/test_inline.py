@@ -25,7 +25,9 @@ def test_inline_trains_in_this_process_and_a_breakpoint_in_a_role_stops_here(tin
     monkeypatch.setenv("PYTHONBREAKPOINT", "")  # honour sys.breakpointhook even if the user's env disables it
     monkeypatch.setattr(sys, "breakpointhook", lambda *a, **k: calls.append((os.getpid(), threading.get_ident())))
     cfg = tiny_config(
-        "cluster.backend=inline", f"reward.function={ROOT / 'tests/fixtures/coin_reward.py'}:calls_breakpoint"
+        "cluster.backend=inline",
+        f"reward.function={ROOT / 'tests/fixtures/coin_reward.py'}:calls_breakpoint",
+        "data.val_size=0",  # the training samples' calls only
     )
     trainer = Trainer(cfg)
     try:
@@ -92,7 +94,8 @@ def recording(calls: list, name: str, method):
 @pytest.mark.vllm
 def test_colocated_engines_sleep_after_generating_and_wake_around_the_weight_load(tiny_config):
     """cluster.colocate: the role's calls in order (on CPU the engine skips the memory moves themselves)."""
-    cfg = tiny_config("cluster.backend=inline", "cluster.colocate=true", "trainer.total_steps=2")
+    cfg = tiny_config("cluster.backend=inline", "cluster.colocate=true", "trainer.total_steps=2",
+                      "data.val_size=0")  # fmt: skip
     trainer = Trainer(cfg)
     calls: list = []
     try:

@@ -225,3 +225,11 @@ def test_metrics_ratio_and_approx_kl():
 def test_unknown_policy_loss_lists_names():
     with pytest.raises(KeyError, match="valid names: clip_cov, gspo, gspo_token, kl_cov, ppo"):
         policy_loss("nope", **inputs())
+
+
+def test_cov_methods_select_at_least_cov_min_tokens():
+    """The papers' ratios select ⌊r·N⌋ tokens, one at this size; cov_min_tokens keeps a floor."""
+    valid = int(mask().sum())
+    for floor, picked in ((1, 1), (3, 3), (10 * valid, valid)):
+        _, metrics = policy_loss("kl_cov", **inputs(), agg="token-mean", kl_cov_ratio=2e-3, cov_min_tokens=floor)
+        assert metrics["policy/kl_cov_frac"].item() == pytest.approx(picked / valid)

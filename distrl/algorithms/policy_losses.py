@@ -101,14 +101,15 @@ def gspo_token(*, logprobs, old_logprobs, advantages, response_mask, clip_low, c
     return LossTerms(loss_mat, ratio, clipped, {})
 
 
-def _count(fraction: float, n_valid: int) -> int:
-    return max(1, int(fraction * n_valid))
+def _count(fraction: float, n_valid: int, minimum: int) -> int:
+    """max(minimum, 1, ⌊fraction·N⌋), at most N."""
+    return min(n_valid, max(1, minimum, int(fraction * n_valid)))
 
 
 @POLICY_LOSSES.register(
     "clip_cov",
     needs=("generator",),
-    reads=("clip_low", "clip_high", "clip_c", "clip_cov_ratio", "clip_cov_lb", "clip_cov_ub"),
+    reads=("clip_low", "clip_high", "clip_c", "clip_cov_ratio", "clip_cov_lb", "clip_cov_ub", "cov_min_tokens"),
 )
 def clip_cov(
     *,
@@ -122,12 +123,14 @@ def clip_cov(
     clip_cov_ratio: float = 2e-4,
     clip_cov_lb: float = 1.0,
     clip_cov_ub: float = 5.0,
+    cov_min_tokens: int = 1,
     generator: torch.Generator | None = None,
     **_,
 ) -> LossTerms:
     """Clip-Cov (arXiv 2505.22617 §4): the PPO loss, except that of the tokens PPO did not clip with
-    lb < Cov_i < ub, max(1, ⌊r·N⌋) drawn at random contribute no loss and no gradient (they still
-    count in the aggregation denominator). Cov_i = (ℓ_i − mean ℓ)·(A_i − mean A), ℓ detached.
+    lb < Cov_i < ub, max(m, ⌊r·N⌋) drawn at random contribute no loss and no gradient (they still
+    count in the aggregation denominator). Cov_i = (ℓ_i − mean ℓ)·(A_i − mean A), ℓ detached; N the
+    response tokens of the call, m = ``cov_min_tokens`` (the paper's r assumes N ≈ 10⁶).
     """
     terms = ppo(
         logprobs=logprobs,
@@ -141,7 +144,7 @@ def clip_cov(
     cov = token_covariance(logprobs.detach(), advantages, response_mask)
     eligible = response_mask.bool() & (cov > clip_cov_lb) & (cov < clip_cov_ub) & ~terms.clipped
     candidates = eligible.flatten().nonzero().squeeze(-1)
-    n_pick = min(_count(clip_cov_ratio, int(response_mask.sum())), candidates.numel())
+    n_pick = min(_count(clip_cov_ratio, int(response_mask.sum()), cov_min_tokens), candidates.numel())
     order = torch.randperm(candidates.numel(), generator=generator, device="cpu").to(candidates.device)
     detached = torch.zeros(eligible.numel(), dtype=torch.bool, device=eligible.device)
     detached[candidates[order[:n_pick]]] = True
@@ -151,7 +154,7 @@ def clip_cov(
     return LossTerms(loss_mat, terms.ratio, terms.clipped, extra)
 
 
-@POLICY_LOSSES.register("kl_cov", reads=("kl_cov_ratio", "kl_cov_coef"))
+@POLICY_LOSSES.register("kl_cov", reads=("kl_cov_ratio", "kl_cov_coef", "cov_min_tokens"))
 def kl_cov(
     *,
     logprobs,
@@ -160,16 +163,19 @@ def kl_cov(
     response_mask,
     kl_cov_ratio: float = 2e-3,
     kl_cov_coef: float = 1.0,
+    cov_min_tokens: int = 1,
     **_,
 ) -> LossTerms:
-    """KL-Cov (arXiv 2505.22617 §4): every token takes −A·w (no clipping); the top max(1, ⌊k·N⌋)
-    tokens by Cov_i add β·|ℓ^θ − ℓ^old|, a KL penalty on the tokens that drive entropy down.
+    """KL-Cov (arXiv 2505.22617 §4): every token takes −A·w (no clipping); the top max(m, ⌊k·N⌋)
+    tokens by Cov_i (m = ``cov_min_tokens``) add β·|ℓ^θ − ℓ^old|, a KL penalty on the tokens that
+    drive entropy down. The penalty has no gradient at ℓ^θ = ℓ^old: the update needs more than one
+    optimizer step per batch (validation refuses one).
     """
     ratio = _token_ratio(logprobs, old_logprobs)
     loss_mat = -advantages * ratio
     valid = response_mask.bool()
     cov = token_covariance(logprobs.detach(), advantages, response_mask)
-    n_pick = _count(kl_cov_ratio, int(valid.sum()))
+    n_pick = _count(kl_cov_ratio, int(valid.sum()), cov_min_tokens)
     top = torch.where(valid, cov, torch.full_like(cov, float("-inf"))).flatten().topk(n_pick).indices
     penalized = torch.zeros(cov.numel(), dtype=torch.bool, device=cov.device)
     penalized[top] = True

@@ -30,3 +30,22 @@ def make_problems(count: int, *, digits: int, seed: int) -> list[PromptRecord]:
             )
         )
     return records
+
+
+def make_heldout(count: int, *, digits: int, seed: int, exclude: set[str]) -> list[PromptRecord]:
+    """``count`` problems like :func:`make_problems` whose prompts are not in ``exclude`` (the
+    training and warm-start prompts) nor repeated; fewer when the task has no more."""
+    rng = random.Random(seed)
+    records: list[PromptRecord] = []
+    seen = set(exclude)
+    for _ in range(100 * count):
+        if len(records) == count:
+            break
+        a, b = (rng.randrange(10 ** rng.randint(1, digits)) for _ in range(2))
+        prompt = f"{a}+{b}="
+        if prompt in seen:
+            continue
+        seen.add(prompt)
+        records.append(PromptRecord(prompt=prompt, data_source=DATA_SOURCE, ground_truth=str(a + b),
+                                    extra_info={"a": a, "b": b}, index=len(records)))  # fmt: skip
+    return records

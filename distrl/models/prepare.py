@@ -7,12 +7,15 @@ from pathlib import Path
 
 from distrl.config import Config, check_learning_rate
 from distrl.data.arithmetic import make_problems
+from distrl.data.records import PromptRecord
 from distrl.models.loading import check_model_path, count_parameters
 from distrl.models.tiny import build_tiny_model
 from distrl.models.warm_start import publish, warm_start
 
 #: Seed offset so the warm-start problems differ from the RL training problems.
 WARM_START_SEED_OFFSET = 10_007
+#: Problems in the warm-start set.
+WARM_START_PROBLEMS = 4000
 
 
 def prepare_policy(cfg: Config) -> str:
@@ -39,6 +42,14 @@ def prepare_policy(cfg: Config) -> str:
         publish(staging, base)
     if m.warm_start_steps == 0:
         return str(base)
-    problems = make_problems(4000, digits=cfg.data.task_digits, seed=cfg.trainer.seed + WARM_START_SEED_OFFSET)
-    pairs = [(p.prompt, p.ground_truth) for p in problems]
+    pairs = [(p.prompt, p.ground_truth) for p in warm_start_problems(cfg)]
     return str(warm_start(base, pairs, cache / "warm_start", steps=m.warm_start_steps, seed=cfg.trainer.seed))
+
+
+def warm_start_problems(cfg: Config) -> list[PromptRecord]:
+    """The problems the tiny model is warm-started on (none when it is not)."""
+    if cfg.model.path is not None or cfg.model.warm_start_steps == 0:
+        return []
+    return make_problems(
+        WARM_START_PROBLEMS, digits=cfg.data.task_digits, seed=cfg.trainer.seed + WARM_START_SEED_OFFSET
+    )

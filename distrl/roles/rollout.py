@@ -104,14 +104,17 @@ class VllmEngine:
             enable_sleep_mode=self.sleep_mode,
         )
 
-    def generate(self, prompts: Sequence[list[int]], *, n: int, seed: int) -> list[list[Generation]]:
-        """``n`` samples per prompt with the sampling settings of ``rollout.*``."""
+    def generate(
+        self, prompts: Sequence[list[int]], *, n: int, seed: int, temperature: float | None = None
+    ) -> list[list[Generation]]:
+        """``n`` samples per prompt with the sampling settings of ``rollout.*`` (``temperature``: another
+        temperature, 0 for greedy decoding)."""
         from vllm import SamplingParams
 
         params = SamplingParams(
             n=n,
             max_tokens=self.cfg.max_new_tokens,
-            temperature=self.cfg.temperature,
+            temperature=self.cfg.temperature if temperature is None else temperature,
             top_p=self.cfg.top_p,
             logprobs=0,
             ignore_eos=self.cfg.ignore_eos,
@@ -188,8 +191,13 @@ class HFEngine:
         self.tokenizer = load_tokenizer(model_path, trust_remote_code=trust)
 
     @torch.no_grad()
-    def generate(self, prompts: Sequence[list[int]], *, n: int, seed: int) -> list[list[Generation]]:
-        """``n`` samples per prompt with the sampling settings of ``rollout.*``."""
+    def generate(
+        self, prompts: Sequence[list[int]], *, n: int, seed: int, temperature: float | None = None
+    ) -> list[list[Generation]]:
+        """``n`` samples per prompt with the sampling settings of ``rollout.*`` (``temperature``: another
+        temperature, 0 for greedy decoding, whose log-probs are the unscaled distribution's)."""
+        temperature = self.cfg.temperature if temperature is None else temperature
+        sampling = {"do_sample": True, "temperature": temperature, "top_p": self.cfg.top_p, "top_k": 0}
         torch.manual_seed(seed)
         pad, eos = self.tokenizer.pad_token_id, self.tokenizer.eos_token_id
         rows = [p for p in prompts for _ in range(n)]
@@ -199,10 +207,7 @@ class HFEngine:
         out = self.model.generate(
             input_ids=ids.to(self.device),
             attention_mask=mask.to(self.device),
-            do_sample=True,
-            temperature=self.cfg.temperature,
-            top_p=self.cfg.top_p,
-            top_k=0,
+            **(sampling if temperature > 0 else {"do_sample": False}),
             max_new_tokens=self.cfg.max_new_tokens,
             min_new_tokens=self.cfg.max_new_tokens if self.cfg.ignore_eos else None,
             pad_token_id=pad,
@@ -211,7 +216,7 @@ class HFEngine:
             output_logits=True,
         )
         new = out.sequences[:, width:]
-        logprobs = torch.log_softmax(torch.stack(out.logits, 1).float() / self.cfg.temperature, -1)
+        logprobs = torch.log_softmax(torch.stack(out.logits, 1).float() / (temperature or 1.0), -1)
         token_lp = logprobs.gather(-1, new[..., None]).squeeze(-1).cpu()
         new = new.cpu()
         results = []
@@ -299,13 +304,16 @@ class Rollout(BusyClock):
         self.shadow = ShadowWeights(keep=cfg.sync_delta)
 
     @busy("generation")
-    def generate(self, records: list[PromptRecord], group_ids: list[str], *, n: int, seed: int) -> TrajectoryBatch:
-        """``n`` samples for each record; samples of record i share ``group_ids[i]``."""
+    def generate(
+        self, records: list[PromptRecord], group_ids: list[str], *, n: int, seed: int, temperature: float | None = None
+    ) -> TrajectoryBatch:
+        """``n`` samples for each record; samples of record i share ``group_ids[i]`` (``temperature``:
+        other than ``rollout.temperature``, e.g. 0 for the greedy evaluation)."""
         if self.asleep:
             raise RuntimeError("the rollout engine is asleep: load weights (which wakes it) before generating")
         texts = [render_prompt(r.prompt, self.tokenizer) for r in records]
         prompt_ids = [self.tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
-        groups = self.engine.generate(prompt_ids, n=n, seed=seed)
+        groups = self.engine.generate(prompt_ids, n=n, seed=seed, temperature=temperature)
         samples = [(i, g) for i, gens in enumerate(groups) for g in gens]
         return TrajectoryBatch.from_lists(
             [prompt_ids[i] for i, _ in samples],

@@ -59,6 +59,7 @@ class RolloutStats:
     filtered_groups: int = 0
     groups: int = 0
     groups_with_spread: int = 0
+    injected: int = 0
     rounds: int = 0
 
     def add(self, summary: RewardSummary) -> None:
@@ -82,6 +83,7 @@ class RolloutStats:
             "batch/groups_with_spread": self.groups_with_spread / max(1, self.groups),
             "batch/sampling_rounds": float(self.rounds),
             "rollout/samples": float(len(raw)),
+            "rollout/ground_truth_injected": float(self.injected),
         }
         judged = [a for a in self.accuracy if not math.isnan(a)]
         if judged:
@@ -118,13 +120,17 @@ class Collector:
         seed: int,
         timings: dict[str, float],
         temperature: float | None = None,
+        inject: frozenset[int] = frozenset(),
     ) -> list[tuple[Handle, RewardSummary]]:
-        """``n`` samples per record, the records sharded over the engines; each shard scored."""
+        """``n`` samples per record, the records sharded over the engines; each shard scored
+        (``inject``: dataset indices whose last sample is the ground truth, PVPO)."""
         engines = len(self.rollout)
         shards = [(records[i::engines], group_ids[i::engines]) for i in range(engines)]
         with timed(timings, "generation", accumulate=True):
             generated = [
-                self.rollout.call_rank(rank, "generate", recs, ids, n=n, seed=seed, temperature=temperature)
+                self.rollout.call_rank(
+                    rank, "generate", recs, ids, n=n, seed=seed, temperature=temperature, inject=inject
+                )
                 for rank, (recs, ids) in enumerate(shards)
                 if recs
             ]
@@ -150,7 +156,12 @@ class Collector:
                 continue
             group_ids = [f"{step}.{stats.rounds}.{i}" for i in range(len(records))]
             seed = cfg.trainer.seed * 1_000_003 + step * 1_009 + stats.rounds
-            for batch, summary in self.generate_and_score(records, group_ids, cfg.rollout.n, seed, timings):
+            inject = frozenset(
+                r.index for r in records if alg.pvpo_inject_ground_truth and self.prompt_values.get(r.index) == 0.0
+            )
+            stats.injected += len(inject)
+            scored = self.generate_and_score(records, group_ids, cfg.rollout.n, seed, timings, inject=inject)
+            for batch, summary in scored:
                 stats.add(summary)
                 take, kept = self._keep(summary, kept, wanted, stats)
                 if take:

@@ -134,6 +134,12 @@ class AlgorithmConfig:
     """PVPO M: reference-policy samples per prompt for the static value (arXiv 2508.21104)."""
     pvpo_refresh_every: int = 500
     """PVPO: re-estimate the static values every this many steps."""
+    pvpo_inject_ground_truth: bool = False
+    """PVPO: in the group of a prompt the reference policy never solved (value 0), the last sample is
+    replaced by the ground truth as a response (the paper's ground-truth trajectory injection), so
+    the group has a reward spread to learn from. The response is ``extra_info["ground_truth_response"]``
+    when the row has one (a full solution), else the ground truth itself (enough where the verifier
+    compares answers, as the built-in task's does)."""
 
     @property
     def needs_values(self) -> bool:
@@ -174,7 +180,24 @@ class ModelConfig:
     float32 master weights and optimizer state whatever this says, and compute in
     ``learner.precision``: AdamW at a real model's lr on bfloat16 weights changes almost none of them."""
     warm_start_steps: int = 200
-    """Supervised steps on the built-in task before RL (tiny model only; 0 = none). Cached on disk."""
+    """Supervised steps on the built-in task before RL (tiny model only; 0 = none): the most it runs,
+    fewer when the stop rule below fires. Cached on disk."""
+    warm_start_lr: float = 3e-3
+    """Warm start's peak learning rate (AdamW, batch 64; 20 steps of linear warm-up, then linear decay to 0
+    at ``warm_start_steps``)."""
+    warm_start_check_every: int = 0
+    """Warm start's stop rule: every this many steps, measure greedy accuracy and pass@``warm_start_probe_k``
+    at temperature 1 on the probe (0: no checks, always ``warm_start_steps``)."""
+    warm_start_stop_pass_at_k: float = 0.5
+    """Stop the warm start at the first check where the probe's pass@k is >= this: the start RL can lift
+    (it turns pass@k into pass@1) before supervised training makes greedy decoding right by itself. With
+    ``warm_start_lr=1e-3`` and 400 steps at most, 0.5 stops at step 275-325 with probe greedy accuracy
+    0.09-0.14 (benchmarks/results/default-job-calibration)."""
+    warm_start_probe_k: int = 8
+    """Samples per probe prompt for the stop rule's pass@k."""
+    warm_start_probe_size: int = 64
+    """Warm-start problems held out of the supervised pairs as the stop rule's probe (neither RL training
+    nor held-out evaluation problems)."""
     cache_dir: str = "~/.cache/distrl"
     """Where built and warm-started models are cached."""
 
@@ -198,6 +221,11 @@ class DataConfig:
     shuffle: bool = True
     task_digits: int = 2
     """Built-in task: operands have 1 to this many digits."""
+    scratchpad: bool = False
+    """Built-in task: the response shows the column sums before the answer (``"47+8="`` →
+    ``"7+8=15,4+0+1=5;55"``, :func:`distrl.data.arithmetic.worked_solution`), several times longer;
+    the warm start learns that format and the verifier scores the answer after the last ``;``.
+    Set ``rollout.max_new_tokens`` to fit (about 8 tokens per digit column)."""
     num_problems: int = 256
     """Built-in task: size of the generated training set (small enough that RL revisits each problem)."""
 
@@ -634,6 +662,23 @@ def validate(cfg: Config) -> None:
     )
     _check(cfg.trainer.eval_every >= 0, f"trainer.eval_every={cfg.trainer.eval_every} must be >= 0 (0: at the end)")
     _check(cfg.trainer.eval_k >= 1, f"trainer.eval_k={cfg.trainer.eval_k} must be >= 1 (samples per held-out prompt)")
+    m = cfg.model
+    _check(m.warm_start_steps >= 0, f"model.warm_start_steps={m.warm_start_steps} must be >= 0 (0: no warm start)")
+    _check(
+        m.warm_start_check_every >= 0,
+        f"model.warm_start_check_every={m.warm_start_check_every} must be >= 0 (0: no early stop)",
+    )
+    _check(
+        0.0 <= m.warm_start_stop_pass_at_k <= 1.0,
+        f"model.warm_start_stop_pass_at_k={m.warm_start_stop_pass_at_k} must be in [0, 1] (a fraction, e.g. 0.6)",
+    )
+    _check(m.warm_start_lr > 0, f"model.warm_start_lr={m.warm_start_lr} must be > 0 (e.g. 3e-3)")
+    _check(m.warm_start_probe_k >= 1, f"model.warm_start_probe_k={m.warm_start_probe_k} must be >= 1 (e.g. 8)")
+    _check(
+        m.warm_start_probe_size >= 1 or m.warm_start_check_every == 0,
+        f"model.warm_start_probe_size={m.warm_start_probe_size} must be >= 1 (e.g. 64) while "
+        "model.warm_start_check_every > 0; set model.warm_start_check_every=0 to turn the stop rule off",
+    )
     _check(cfg.data.val_size >= 0, f"data.val_size={cfg.data.val_size} must be >= 0 (0: no evaluation)")
     _check(cfg.trainer.max_restarts >= 0, f"trainer.max_restarts={cfg.trainer.max_restarts} must be >= 0 (0: never)")
     _check(

@@ -94,6 +94,10 @@ METRIC_GLOSSARY: dict[str, str] = {
         "Samples generated this step, every sampling round, kept or filtered (what generation cost; "
         "compare algorithms at equal cumulative samples)."
     ),
+    "rollout/ground_truth_injected": (
+        "PVPO with algorithm.pvpo_inject_ground_truth: samples this step that are the ground truth (one in the "
+        "group of each prompt the reference policy never solved)."
+    ),
     "batch/groups_with_spread": (
         "Fraction of the step's generated prompt groups whose samples' rewards differ (the groups a "
         "group-relative advantage can learn from), before any filtering."

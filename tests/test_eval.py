@@ -74,3 +74,14 @@ def test_val_files_are_evaluated_before_training_every_k_steps_and_at_the_end(ti
     assert "batch/groups_with_spread" in metrics[1]
     first, last = metrics[0]["eval/greedy_acc"], metrics[3]["eval/greedy_acc"]
     assert f"held-out greedy accuracy: {first:.3f} at step 0 -> {last:.3f} at step 3" in capsys.readouterr().out
+
+
+def test_the_scratchpad_variant_reaches_training_heldout_and_warm_start_alike():
+    from distrl.models.prepare import supervised_target
+
+    cfg = compose_config(["data.scratchpad=true", "data.val_size=8", "data.num_problems=16"])
+    train, warm = load_prompts(cfg), warm_start_problems(cfg)
+    heldout = load_eval_prompts(cfg, train)
+    assert {r.data_source for r in train + heldout + warm} == {"arithmetic_scratchpad"}
+    a, b = warm[0].extra_info["a"], warm[0].extra_info["b"]
+    assert supervised_target(warm[0]).endswith(f";{a + b}") and "+" in supervised_target(warm[0])

@@ -10,8 +10,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from distrl.data.arithmetic import SCRATCHPAD_SOURCE, make_problems, worked_solution
 from distrl.data.records import DatasetError, PromptRecord, PromptStream, load_records, render_prompt
 from distrl.models.tiny import build_tokenizer
+from distrl.rewards import BUILTIN_VERIFIERS
 
 
 def verl_row(i: int, **changes) -> dict:
@@ -384,3 +386,28 @@ def test_stream_rejects_bad_arguments_and_states():
         stream.load_state({"epoch": 0, "offset": 1.5})
     with pytest.raises(ValueError, match="cannot take"):
         stream.next_batch(-1)
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "worked"),
+    [
+        (47, 8, "7+8=15,4+0+1=5;55"),
+        (99, 99, "9+9=18,9+9+1=19;198"),
+        (5, 3, "5+3=8;8"),
+        (120, 7, "0+7=7,2+0=2,1+0=1;127"),
+    ],
+)
+def test_the_scratchpad_shows_each_column_sum_with_its_carry(a, b, worked):
+    assert worked_solution(a, b) == worked
+    assert BUILTIN_VERIFIERS[SCRATCHPAD_SOURCE](worked, str(a + b)) == 1.0
+
+
+def test_scratchpad_problems_carry_their_worked_solution_and_are_scored_on_the_answer():
+    plain, worked = (make_problems(20, digits=2, seed=4, scratchpad=s) for s in (False, True))
+    assert [r.prompt for r in plain] == [r.prompt for r in worked]
+    record = worked[0]
+    assert record.data_source == SCRATCHPAD_SOURCE
+    assert record.extra_info["ground_truth_response"] == worked_solution(record.extra_info["a"], record.extra_info["b"])
+    verify = BUILTIN_VERIFIERS[SCRATCHPAD_SOURCE]
+    assert verify(f"garbage;{record.ground_truth}", record.ground_truth) == 1.0  # outcome reward: the answer only
+    assert verify(record.ground_truth, record.ground_truth) == 0.0  # no scratchpad, no ';'

@@ -322,3 +322,22 @@ def test_a_crafted_checkpoint_file_is_refused_without_running_its_code(policy, t
     with pytest.raises(pickle.UnpicklingError):
         Learner(path, cfg).setup(optimizer_state=str(crafted))
     assert not marker.exists()
+
+
+def test_pvpo_ground_truth_injection_makes_the_last_sample_of_a_group_the_answer(tiny_config):
+    cfg = tiny_config("rollout=hf", "rollout.max_new_tokens=6")
+    path = prepare_policy(cfg)
+    rollout = Rollout(path, cfg.rollout, max_model_len=64, seed=0)
+    records = make_problems(2, digits=2, seed=3)
+    batch = rollout.generate(records, ["x", "y"], n=3, seed=0, inject=frozenset({records[1].index}))
+    answer = batch.meta["response_texts"][5]
+    assert answer == records[1].ground_truth  # the injected sample, decoded
+    expected = [*rollout.tokenizer(records[1].ground_truth, add_special_tokens=False)["input_ids"],
+                rollout.tokenizer.eos_token_id]  # fmt: skip
+    assert batch.response_ids[5, : int(batch.response_lengths[5])].tolist() == expected
+    teacher = rollout.teacher_logprobs(batch)
+    assert torch.allclose(batch.token["rollout_logprobs"][5], teacher[5], atol=1e-5)  # its rollout log-probs
+    not_injected = rollout.generate(records, ["x", "y"], n=3, seed=0)
+    assert torch.equal(not_injected.response_ids[:5], batch.response_ids[:5])  # the other samples as sampled
+    _, summary = Reward(cfg).score(batch)
+    assert summary.raw_scores[5] == 1.0

@@ -4,6 +4,8 @@ The score doubles as the accuracy. :data:`BUILTIN_VERIFIERS` maps each ``data_so
 
 - ``arithmetic`` — the built-in task: the response, stripped of surrounding whitespace, must equal
   the ground truth exactly (``"46"`` and ``" 46\\n"`` match ``"46"``; ``"046"`` and ``"46x"`` do not).
+- ``arithmetic_scratchpad`` — the built-in task's scratchpad variant: the text after the response's
+  last ``;`` must equal the ground truth (no ``;``: 0).
 - ``gsm8k``, ``openai/gsm8k`` — strict GSM8K format: the answer is the text after the *last*
   ``####`` in the response, with ``,`` and ``$`` removed and whitespace stripped; it must equal the
   ground truth normalized the same way (a bare ``"72"`` or a solution ending in ``"#### 72"``).
@@ -35,6 +37,14 @@ from distrl.rewards.sandbox import verify_code
 def verify_arithmetic(response: str, ground_truth: str) -> float:
     """1.0 iff the whitespace-stripped response equals the whitespace-stripped ground truth."""
     return 1.0 if response.strip() == ground_truth.strip() else 0.0
+
+
+def verify_arithmetic_scratchpad(response: str, ground_truth: str) -> float:
+    """1.0 iff the text after the response's last ``;`` equals the ground truth (whitespace stripped);
+    a response without ``;`` scores 0 (the scratchpad format is part of the task)."""
+    if ";" not in response:
+        return 0.0
+    return 1.0 if response.rsplit(";", 1)[1].strip() == ground_truth.strip() else 0.0
 
 
 def _gsm8k_normalize(text: str) -> str:
@@ -149,6 +159,7 @@ def verify_math(response: str, ground_truth: str) -> float:
 
 BUILTIN_VERIFIERS: dict[str, Callable[[str, str], float]] = {
     "arithmetic": verify_arithmetic,
+    "arithmetic_scratchpad": verify_arithmetic_scratchpad,
     "gsm8k": verify_gsm8k,
     "openai/gsm8k": verify_gsm8k,
     "math": verify_math,

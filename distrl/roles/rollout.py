@@ -273,6 +273,15 @@ class _RotaryReloadNotice(logging.Filter):
         return not (record.getMessage() == "RotaryEmbedding: Failed to load weights")
 
 
+def ground_truth_response(record: PromptRecord) -> str | None:
+    """The text PVPO injects for ``record``: ``extra_info["ground_truth_response"]``, else a string
+    ground truth; None when there is neither."""
+    given = (record.extra_info or {}).get("ground_truth_response")
+    if isinstance(given, str):
+        return given
+    return record.ground_truth if isinstance(record.ground_truth, str) else None
+
+
 class Rollout(BusyClock):
     """One generation engine; a rollout group is several of these, each given a shard of prompts."""
 
@@ -305,15 +314,27 @@ class Rollout(BusyClock):
 
     @busy("generation")
     def generate(
-        self, records: list[PromptRecord], group_ids: list[str], *, n: int, seed: int, temperature: float | None = None
+        self,
+        records: list[PromptRecord],
+        group_ids: list[str],
+        *,
+        n: int,
+        seed: int,
+        temperature: float | None = None,
+        inject: frozenset[int] = frozenset(),
     ) -> TrajectoryBatch:
         """``n`` samples for each record; samples of record i share ``group_ids[i]`` (``temperature``:
-        other than ``rollout.temperature``, e.g. 0 for the greedy evaluation)."""
+        other than ``rollout.temperature``, e.g. 0 for the greedy evaluation). For records whose
+        dataset index is in ``inject`` the last sample is the ground-truth response
+        (:func:`ground_truth_generation`)."""
         if self.asleep:
             raise RuntimeError("the rollout engine is asleep: load weights (which wakes it) before generating")
         texts = [render_prompt(r.prompt, self.tokenizer) for r in records]
         prompt_ids = [self.tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
         groups = self.engine.generate(prompt_ids, n=n, seed=seed, temperature=temperature)
+        for i, record in enumerate(records):
+            if record.index in inject and (response := ground_truth_response(record)) is not None:
+                groups[i][-1] = self.ground_truth_generation(prompt_ids[i], response)
         samples = [(i, g) for i, gens in enumerate(groups) for g in gens]
         return TrajectoryBatch.from_lists(
             [prompt_ids[i] for i, _ in samples],
@@ -334,6 +355,13 @@ class Rollout(BusyClock):
                 "extra_infos": [records[i].extra_info for i, _ in samples],
             },
         )
+
+    def ground_truth_generation(self, prompt_ids: list[int], response: str) -> Generation:
+        """``response`` as a sample: its tokens and the end token (cut at ``rollout.max_new_tokens``),
+        with the engine's teacher-forced log-probs as its rollout log-probs."""
+        tokens = self.tokenizer(response, add_special_tokens=False)["input_ids"] + [self.tokenizer.eos_token_id]
+        tokens = tokens[: self.cfg.max_new_tokens]
+        return Generation(tokens, self.engine.sequence_logprobs(prompt_ids, tokens), truncated=False)
 
     def set_version(self, version: int) -> None:
         """The policy version the loaded weights belong to (a resumed run starts past 0)."""

@@ -1,0 +1,67 @@
+"""The warm start's stop rule: pure logic, and a tiny model on CPU that stops at the first check that passes."""
+
+import json
+
+import pytest
+
+from distrl.config import ConfigError, compose_config
+from distrl.models import warm_start as ws
+from distrl.models.prepare import probe_problems, warm_start_problems
+from distrl.models.tiny import build_tiny_model
+
+
+def test_the_rule_fires_only_on_check_steps_at_the_threshold():
+    rule = ws.StopRule(check_every=25, stop_pass_at_k=0.5)
+    assert not ws.should_stop(25, 0.49, rule)
+    assert ws.should_stop(25, 0.5, rule)
+    assert not ws.should_stop(30, 0.9, rule)  # not a check step
+    assert not ws.should_stop(50, None, rule)  # not measured
+    assert not ws.should_stop(25, 1.0, ws.StopRule(check_every=0))  # rule off
+
+
+def test_warm_start_stops_at_the_first_passing_check_and_keys_the_cache_by_the_rule(tmp_path, monkeypatch):
+    base = build_tiny_model(tmp_path / "base", hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64)
+    pairs = [(f"{a}+{b}=", str(a + b)) for a in range(5) for b in range(5)]
+    measured = iter([(0.0, 0.1), (0.0, 0.7), (0.0, 0.9)])
+    monkeypatch.setattr(ws, "probe", lambda *args, **kwargs: next(measured))
+    rule = ws.StopRule(check_every=2, stop_pass_at_k=0.6, probe_k=4)
+    out = ws.warm_start(base, pairs, tmp_path / "cache", steps=10, batch_size=4, probe_pairs=pairs[:3], rule=rule)
+    record = json.loads((out / "warm_start.json").read_text())
+    assert record["stopped_at"] == 4
+    assert [c["step"] for c in record["checks"]] == [2, 4]
+    other = ws.warm_start(base, pairs, tmp_path / "cache", steps=2, batch_size=4, probe_pairs=pairs[:3],
+                          rule=ws.StopRule(check_every=2, stop_pass_at_k=0.8, probe_k=4))  # fmt: skip
+    assert other != out
+
+
+def test_probe_measures_greedy_accuracy_and_pass_at_k(tmp_path):
+    base = build_tiny_model(tmp_path / "base", hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64)
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model, tokenizer = AutoModelForCausalLM.from_pretrained(base), AutoTokenizer.from_pretrained(base)
+    greedy, pass_k = ws.probe(model, tokenizer, [("1+1=", "2"), ("2+3=", "5")], k=4, seed=0)
+    assert 0.0 <= greedy <= 1.0 and 0.0 <= pass_k <= 1.0
+
+
+def test_warm_start_and_probe_problems_avoid_the_rl_training_prompts():
+    cfg = compose_config([])
+    from distrl.trainer import load_prompts
+
+    training = {p.prompt for p in load_prompts(cfg)}
+    problems = warm_start_problems(cfg)
+    assert problems and not training & {p.prompt for p in problems}
+    probe = probe_problems(cfg, problems)
+    assert len({p.prompt for p in probe}) == cfg.model.warm_start_probe_size
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("model.warm_start_stop_pass_at_k=1.5", "model.warm_start_stop_pass_at_k=1.5 must be in"),
+        ("model.warm_start_check_every=-1", "model.warm_start_check_every=-1 must be >= 0"),
+        ("model.warm_start_probe_k=0", "model.warm_start_probe_k=0 must be >= 1"),
+    ],
+)
+def test_out_of_range_stop_rule_settings_are_refused(override, message):
+    with pytest.raises(ConfigError, match=message):
+        compose_config([override])

@@ -351,11 +351,7 @@ class Trainer:
             self.weight_sync = "object_store"
             self.metrics.print("distrl: weight sync through the object store from now on (the collective group "
                                "lost a member)")  # fmt: skip
-        dtype = self.cfg.rollout.sync_dtype
-        update, _ = self.learner.call_rank(0, "weights_update", dtype, True, num_returns=2)
-        others = [self.learner.call_rank(r, "weights_update", dtype, True) for r in range(1, len(self.learner))]
-        loaded = [self.rollout.call_rank(e, "load_weights", update, self.version) for e in engines]
-        self.get([*others, *loaded], "learner or rollout", self.startup_timeout_s)
+        self.send_through_object_store(engines, full=True, timeout_s=self.startup_timeout_s)
 
     def save_what_is_sound(self, step: int, before: dict) -> Path | None:
         """After an error in step ``step``: a checkpoint of the ``step`` steps done if the update had not
@@ -502,13 +498,17 @@ class Trainer:
             self.get(loaded, "rollout")
             self.get(self.learner.call("release_shared"), "learner")
         else:
-            update, nbytes = self.learner.call_rank(0, "weights_update", dtype, full, num_returns=2)
-            others = [
-                self.learner.call_rank(r, "weights_update", dtype, full) for r in range(1, self.cfg.cluster.learners)
-            ]
-            loaded = self.rollout.call("load_weights", update, self.version)
-            self.sync_bytes = self.get([nbytes, *others, *loaded], "learner or rollout")[0]
+            self.sync_bytes = self.send_through_object_store(range(len(self.rollout)), full)
         self.full_sync_next = False
+
+    def send_through_object_store(self, engines: range | list[int], full: bool, timeout_s: float | None = None) -> int:
+        """Learner rank 0's next weight update (every rank gathers) → engines ``engines`` through the
+        object store, at the current version; its size in bytes."""
+        dtype = self.cfg.rollout.sync_dtype
+        update, nbytes = self.learner.call_rank(0, "weights_update", dtype, full, num_returns=2)
+        others = [self.learner.call_rank(r, "weights_update", dtype, full) for r in range(1, len(self.learner))]
+        loaded = [self.rollout.call_rank(e, "load_weights", update, self.version) for e in engines]
+        return self.get([nbytes, *others, *loaded], "learner or rollout", timeout_s)[0]
 
     def check_sync(self, batch: Handle) -> float:
         """The largest |engine − learner| log-prob over a few rows of ``batch``, every engine against

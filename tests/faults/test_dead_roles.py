@@ -1,4 +1,4 @@
-"""Dead actors: a rollout engine killed mid-generation is replaced, given the current weights and
+"""Dead actors: a rollout engine that dies as the step's generation starts is replaced, given the current weights and
 the step runs again; a dead learner, or one death more than trainer.max_restarts allows, stops
 the run naming the member and the last checkpoint."""
 
@@ -18,32 +18,39 @@ pytestmark = [pytest.mark.usefixtures("ray_local"), pytest.mark.ray, pytest.mark
 
 
 def kill_when_called(trainer: Trainer, role: str, method: str, at_call: int) -> None:
-    """Kill member 0 of ``role`` right after the driver sends it its ``at_call``-th ``method`` call."""
+    """Kill member 0 of ``role`` as the driver sends it its ``at_call``-th ``method`` call: the call
+    goes to a dead actor (killed after it is sent, a fast call could finish first, and the death
+    would show at some later phase instead)."""
     group = getattr(trainer, role)
     call_rank, calls = group.call_rank, []
 
-    def call_then_kill(rank, name, *args, **kwargs):
-        handle = call_rank(rank, name, *args, **kwargs)
+    def kill_then_call(rank, name, *args, **kwargs):
         if name == method and rank == 0:
             calls.append(name)
             if len(calls) == at_call:
                 ray.kill(group.actors[0])
-        return handle
+        return call_rank(rank, name, *args, **kwargs)
 
-    group.call_rank = call_then_kill
+    group.call_rank = kill_then_call
+
+
+def stopped_run(trainer: Trainer, message: str) -> list[dict]:
+    """Fit ``trainer``, which must stop with a :class:`TrainingError` matching ``message``; its metrics rows."""
+    try:
+        with pytest.raises(TrainingError, match=message):
+            trainer.fit()
+    finally:
+        trainer.shutdown()
+    return read_metrics(Path(trainer.cfg.trainer.output_dir) / "metrics.jsonl")
 
 
 def test_a_killed_engine_is_replaced_and_the_run_goes_on_until_restarts_run_out(tiny_config):
     cfg = tiny_config("trainer.total_steps=3", "trainer.save_every=1", "trainer.max_restarts=1")
     trainer = Trainer(cfg)
-    kill_when_called(trainer, "rollout", "generate", at_call=2)  # step 2, mid-generation: replaced
-    kill_when_called(trainer, "reward", "score", at_call=4)  # step 3 (step 2 scored twice): one too many
-    try:
-        with pytest.raises(TrainingError, match=r"^reward \(rank 0\) actor died.*Last checkpoint: .*step_2 "):
-            trainer.fit()
-    finally:
-        trainer.shutdown()
-    done = read_metrics(Path(cfg.trainer.output_dir) / "metrics.jsonl")
+    kill_when_called(trainer, "rollout", "generate", at_call=2)  # step 2's generation: replaced, step 2 again
+    # step 3's scoring (step 2 sent two: the first, on the dead engine's result, failed): one death too many
+    kill_when_called(trainer, "reward", "score", at_call=4)
+    done = stopped_run(trainer, r"^reward \(rank 0\) actor died.*Last checkpoint: .*step_2 ")
     assert [m["step"] for m in done] == [1, 2]
     assert [m["recovery/restarts"] for m in done] == [0.0, 1.0]
     assert done[1]["rollout/policy_version"] == 1.0  # the new engine generated with step 1's weights
@@ -62,12 +69,7 @@ def test_a_dead_learner_stops_the_run_naming_it_and_the_checkpoint(tiny_config):
         return saved
 
     trainer.save = save_then_kill
-    try:
-        with pytest.raises(TrainingError, match=r"^learner \(rank 0\) actor died.*Last checkpoint: .*step_1 "):
-            trainer.fit()
-    finally:
-        trainer.shutdown()
-    done = read_metrics(Path(cfg.trainer.output_dir) / "metrics.jsonl")
+    done = stopped_run(trainer, r"^learner \(rank 0\) actor died.*Last checkpoint: .*step_1 ")
     assert [m["step"] for m in done] == [1]  # step 2 never finished
 
 

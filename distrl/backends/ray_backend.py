@@ -63,8 +63,9 @@ class RoleActor:
 
 
 def _actor_state(actor: Any) -> str:
-    """ALIVE, DEAD, RESTARTING, PENDING_CREATION… as the cluster's control store (GCS) holds it."""
-    return ray._private.state.state.actor_table(actor._actor_id.hex()).get("State", "DEAD")
+    """ALIVE, DEAD, RESTARTING, PENDING_CREATION… as the cluster's control store (GCS) holds it; an
+    actor whose creation the store has not registered yet has no entry and counts as pending."""
+    return ray._private.state.state.actor_table(actor._actor_id.hex()).get("State", "PENDING_CREATION")
 
 
 def _timeout_error(role: str, seconds: float) -> RoleTimeoutError:

@@ -76,6 +76,10 @@ TARGET_FACTOR = 1.5
 MIN_SEEDS_FOR_RANKING = 5
 """Paired seeds below which the report says the comparison cannot rank the algorithms."""
 
+COLLAPSE_FRACTION = 0.5
+"""A run *collapsed* when its last held-out ``eval/greedy_acc`` is below this fraction of its step-0 value:
+it lost more than half of what it could do before RL."""
+
 LOG_TAIL_LINES = 20
 """Lines of a failed run's log shown on stderr and in the report."""
 
@@ -92,10 +96,13 @@ METRICS_END = "=== distrl compare: metrics.jsonl end ==="
 PLOTS: tuple[tuple[str, str, str, str], ...] = (
     ("reward/accuracy", "accuracy.png", "accuracy", ""),
     ("eval/greedy_acc", "heldout.png", "held-out greedy accuracy", " (no held-out prompts)"),
+    ("eval/pass@k", "heldout_pass_k.png", "held-out pass@k", " (no held-out prompts)"),
     ("policy/entropy", "entropy.png", "entropy (nats per token)", ""),
     ("policy/clip_frac", "clip_frac.png", "clip fraction", ""),
     ("response_length/mean", "response_length.png", "response length (tokens)", ""),
     ("policy/kl_ref", "kl_ref.png", "KL to reference", " (no reference model runs for them)"),
+    ("policy/clip_cov_frac", "clip_cov_frac.png", "tokens Clip-Cov detached (fraction)", " (not Clip-Cov)"),
+    ("policy/kl_cov_frac", "kl_cov_frac.png", "tokens KL-Cov penalized (fraction)", " (not KL-Cov)"),
 )
 """(metric, file, axis label, why an algorithm may lack the metric) for each plot."""
 
@@ -229,6 +236,7 @@ COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("final_accuracy", "reward/accuracy", "final"),
     ("eval_greedy", "eval/greedy_acc", "last"),
     ("eval_pass_k", "eval/pass@k", "last"),
+    ("eval_lift", "eval/greedy_acc", "lift"),
     ("tokens_per_s", "throughput/tokens_per_s", "mean"),
     ("final_entropy", "policy/entropy", "final"),
     ("clip_frac", "policy/clip_frac", "mean"),
@@ -237,13 +245,25 @@ COLUMNS: tuple[tuple[str, str, str], ...] = (
 
 
 def run_value(run: Sequence[dict], metric: str, how: str) -> float | None:
-    """A run's value of ``metric``: its final value (last ⌈10%⌉), its last logged value, or its mean."""
+    """A run's value of ``metric``: its final value (last ⌈10%⌉), its last logged value, its ``lift``
+    (last − first logged value; None below two values), or its mean."""
     if how == "final":
         return final_value(run, metric)
-    if how == "last":
+    if how in ("last", "lift"):
         points = series(run, metric)
+        if how == "lift":
+            return points[-1][1] - points[0][1] if len(points) >= 2 else None
         return points[-1][1] if points else None
     return run_mean(run, metric)
+
+
+def collapsed(run: Sequence[dict]) -> bool | None:
+    """Whether the run's last ``eval/greedy_acc`` fell below :data:`COLLAPSE_FRACTION` of its first
+    (step 0); None without two held-out evaluations or with a first value of 0."""
+    points = series(run, "eval/greedy_acc")
+    if len(points) < 2 or points[0][1] == 0:
+        return None
+    return points[-1][1] < COLLAPSE_FRACTION * points[0][1]
 
 
 @dataclass(frozen=True)
@@ -275,6 +295,9 @@ class AlgorithmSummary:
     values: dict[str, tuple[float, float | None] | None]
     steps_to_target: float | None
     reached: int
+    collapsed: int
+    judged: int
+    """Finished runs :func:`collapsed` says collapsed, of the ``judged`` ones it could say it of."""
 
 
 def _ci_of(values: Sequence[float | None]) -> tuple[float, float | None] | None:
@@ -302,6 +325,8 @@ def summarize(runs: dict[str, list[Run]], target: float | None, budgets: Budgets
                 values=values,
                 steps_to_target=statistics.fmean(reached) if reached else None,
                 reached=len(reached),
+                collapsed=sum(collapsed(run) is True for run in finished),
+                judged=sum(collapsed(run) is not None for run in finished),
             )
         )
     return rows
@@ -444,8 +469,8 @@ def _results_table(rows: list[AlgorithmSummary], target: float | None, budgets: 
     lines = [
         f"| algorithm | runs | final reward | final accuracy | held-out greedy | held-out pass@k | {target_header} "
         f"| accuracy at {samples} samples | accuracy at {seconds} s | tokens/s | final entropy | clip fraction "
-        "| response length |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| response length | held-out greedy lift | collapsed |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         v = row.values
@@ -455,25 +480,35 @@ def _results_table(rows: list[AlgorithmSummary], target: float | None, budgets: 
             f"| {_ci_cell(v['final_accuracy'])} | {_ci_cell(v['eval_greedy'])} | {_ci_cell(v['eval_pass_k'])} "
             f"| {steps} ({row.reached}/{row.runs} reached) | {_ci_cell(v['at_samples'])} "
             f"| {_ci_cell(v['at_seconds'])} | {_ci_cell(v['tokens_per_s'])} | {_ci_cell(v['final_entropy'])} "
-            f"| {_ci_cell(v['clip_frac'])} | {_ci_cell(v['response_length'])} |"
+            f"| {_ci_cell(v['clip_frac'])} | {_ci_cell(v['response_length'])} | {_ci_cell(v['eval_lift'])} "
+            f"| {'—' if row.judged == 0 else f'{row.collapsed} of {row.judged}'} |"
         )
     return lines
 
 
 #: (metric, how a run's value is taken) of the per-run table's columns.
-PER_RUN = (("reward/accuracy", "final"), ("eval/greedy_acc", "last"), ("policy/entropy", "final"))
+PER_RUN = (
+    ("reward/accuracy", "final"),
+    ("eval/greedy_acc", "last"),
+    ("eval/greedy_acc", "lift"),
+    ("eval/pass@k", "last"),
+    ("policy/entropy", "final"),
+    ("response_length/mean", "final"),
+)
 
 
 def _per_run_table(runs: dict[str, list[Run]]) -> list[str]:
     lines = [
-        "| run | finished | last step | final accuracy | held-out greedy | final entropy |",
-        "|---|---|---|---|---|---|",
+        "| run | finished | last step | final accuracy | held-out greedy | held-out greedy lift | held-out pass@k "
+        "| final entropy | final response length | collapsed |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for algorithm, algorithm_runs in runs.items():
         for run in algorithm_runs:
             cells = " | ".join(_cell(run_value(run.records, metric, how)) for metric, how in PER_RUN)
             done = "yes" if run.finished else "**no**"
-            lines.append(f"| {algorithm}-seed{run.seed} | {done} | {run.last_step} | {cells} |")
+            fell = {None: "—", True: "**yes**", False: "no"}[collapsed(run.records)]
+            lines.append(f"| {algorithm}-seed{run.seed} | {done} | {run.last_step} | {cells} | {fell} |")
     return lines
 
 
@@ -485,6 +520,7 @@ def _paired_section(runs: dict[str, list[Run]]) -> list[str]:
     values: list[tuple[str, Callable[[Sequence[dict]], float | None]]] = [
         ("final `reward/accuracy`", lambda r: final_value(r, "reward/accuracy")),
         ("last `eval/greedy_acc`", lambda r: run_value(r, "eval/greedy_acc", "last")),
+        ("`eval/greedy_acc` lift", lambda r: run_value(r, "eval/greedy_acc", "lift")),
     ]
     budgets = Budgets.of(runs)
     if budgets.samples is not None:
@@ -549,7 +585,9 @@ def write_report(out_dir: str | Path, runs: dict[str, list[Run]], meta: ReportMe
         "",
         "- **final** (reward = `reward/mean`, accuracy = `reward/accuracy` on the training prompts, entropy = "
         f"`policy/entropy`): the mean over a run's last ⌈n/{FINAL_DIVISOR}⌉ logged steps (at least one), then over "
-        "its finished runs (seeds). **held-out**: the run's last `eval/greedy_acc` and `eval/pass@k`.",
+        "its finished runs (seeds). **held-out**: the run's last `eval/greedy_acc` and `eval/pass@k`; **lift**: its "
+        "last `eval/greedy_acc` minus its first (step 0, before RL); **collapsed**: finished runs whose last "
+        f"`eval/greedy_acc` is below {COLLAPSE_FRACTION:g} × their step-0 value, of those evaluated at step 0.",
         "- **±**: half-width of the 95% confidence interval of the mean over runs, t₀.₉₇₅,ₙ₋₁ · s / √n with s the "
         "sample standard deviation of the runs' values; a single run has no CI (marked `n=1, no CI`).",
         f"- **steps to accuracy**: per run, the first step whose trailing {MOVING_AVERAGE}-step moving average of "
@@ -606,6 +644,8 @@ class RunSpec:
 
     algorithm: str
     seed: int
+    overrides: tuple[str, ...] = ()
+    """Hydra overrides of this preset's runs only (``--preset-override``), after the common ones."""
 
     @property
     def name(self) -> str:
@@ -614,9 +654,10 @@ class RunSpec:
 
 
 def run_overrides(spec: RunSpec, steps: int, output_dir: str, extra: Sequence[str]) -> list[str]:
-    """The Hydra overrides of one run: ``extra`` first, then this script's own (so they win)."""
+    """The Hydra overrides of one run: ``extra``, the preset's own, then this script's (so they win)."""
     return [
         *extra,
+        *spec.overrides,
         f"algorithm={spec.algorithm}",
         f"trainer.seed={spec.seed}",
         f"trainer.total_steps={steps}",
@@ -858,6 +899,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--max-concurrent", type=int, default=0, help="Ray jobs running at once (default 0: all)")
     parser.add_argument("--report-only", action="store_true",
                         help="train nothing: write the report from the runs already in --out/runs/")  # fmt: skip
+    parser.add_argument("--preset-override", nargs=2, action="append", default=[], metavar=("PRESET", "KEY=VALUE"),
+                        help="a Hydra override of PRESET's runs only (repeatable)")  # fmt: skip
     parser.add_argument("overrides", nargs="*", help="Hydra overrides passed to every run")
     args = parser.parse_intermixed_args(argv)
     args.algorithms = list(dict.fromkeys(name.strip() for name in args.algorithms.split(",") if name.strip()))
@@ -865,6 +908,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     unknown = [name for name in args.algorithms if name not in valid]
     if not args.algorithms or unknown:
         parser.error(f"unknown or missing algorithm preset(s) {unknown}; valid: {', '.join(valid)}")
+    strays = sorted({preset for preset, _ in args.preset_override} - set(args.algorithms))
+    if strays:
+        parser.error(f"--preset-override names preset(s) {strays} that --algorithms does not run")
     if args.seeds < 1 or args.steps < 1 or args.max_concurrent < 0:
         parser.error("--seeds and --steps must be at least 1, --max-concurrent at least 0")
     return args
@@ -887,7 +933,8 @@ def main() -> int:
     args = parse_args(sys.argv[1:])
     out = args.out.resolve()
     extra = without_controlled(args.overrides)
-    specs = [RunSpec(algorithm, seed) for algorithm in args.algorithms for seed in range(args.seeds)]
+    own = {a: tuple(without_controlled([o for p, o in args.preset_override if p == a])) for a in args.algorithms}
+    specs = [RunSpec(algorithm, seed, own[algorithm]) for algorithm in args.algorithms for seed in range(args.seeds)]
     if args.address is None:
         executor = f"{len(specs)} local subprocesses, one after another"
     else:

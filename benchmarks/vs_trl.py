@@ -8,7 +8,7 @@ Usage::
 
 The workload, identical on both sides: a randomly initialized tiny Qwen2 model built in code
 (:func:`distrl.models.tiny.build_tiny_model`, float32, no warm start), the built-in arithmetic
-prompts (:func:`distrl.data.arithmetic.make_problems`, plain-text prompts such as ``"47+8="``),
+prompts of its ``train`` split (:func:`distrl.data.arithmetic.make_problems`, plain-text prompts such as ``"47+8="``),
 ``--prompts`` prompts × ``--samples`` completions per step, at most ``--max-new-tokens`` new tokens,
 temperature 1, top-p 1, no top-k, reward = distrl's arithmetic verifier, group-normalized
 advantages, PPO clip 0.2, per-sequence token-mean loss, no KL term (TRL ``beta=0``, distrl
@@ -113,7 +113,7 @@ class Workload:
         """A distrl micro-batch token budget that holds the whole step's batch (one forward/backward, as TRL
         does); the tiny model's tokenizer has one token per character."""
         longest_prompt = max(
-            len(p.prompt) for p in make_problems(self.num_problems, digits=self.digits, seed=self.seed)
+            len(p.prompt) for p in make_problems(self.num_problems, digits=self.digits, seed=self.seed, split="train")
         )
         return self.batch_size * (longest_prompt + self.max_new_tokens)
 
@@ -217,7 +217,7 @@ def trl_worker(spec_path: Path) -> None:
     from transformers import AutoTokenizer
     from trl import GRPOConfig, GRPOTrainer
 
-    problems = make_problems(w.num_problems, digits=w.digits, seed=w.seed)
+    problems = make_problems(w.num_problems, digits=w.digits, seed=w.seed, split="train")
     dataset = Dataset.from_list([{"prompt": p.prompt, "ground_truth": p.ground_truth} for p in problems])
     tokenizer = AutoTokenizer.from_pretrained(spec["model"])
     verifier = CountingVerifier(tokenizer)

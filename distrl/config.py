@@ -179,20 +179,25 @@ class ModelConfig:
     """dtype of the frozen reference: float32 | bfloat16. The roles that train (learner, critic) keep
     float32 master weights and optimizer state whatever this says, and compute in
     ``learner.precision``: AdamW at a real model's lr on bfloat16 weights changes almost none of them."""
-    warm_start_steps: int = 200
+    warm_start_steps: int = 1200
     """Supervised steps on the built-in task before RL (tiny model only; 0 = none): the most it runs,
     fewer when the stop rule below fires. Cached on disk."""
-    warm_start_lr: float = 3e-3
+    warm_start_lr: float = 1e-3
     """Warm start's peak learning rate (AdamW, batch 64; 20 steps of linear warm-up, then linear decay to 0
     at ``warm_start_steps``)."""
-    warm_start_check_every: int = 0
+    warm_start_teacher_error: float = 0.7
+    """Fraction of the warm start's demonstrations written by a careless teacher who forgets every carry
+    (``"47+8="`` → ``"45"``, :func:`distrl.data.arithmetic.careless_sum`; 0: every demonstration right).
+    Imitation then makes the careless answer the greedy one on problems that carry while the right one
+    stays among the samples, as supervised data with a systematic flaw does; the verifier's reward lets
+    RL remove the flaw (benchmarks/results/default-job-calibration)."""
+    warm_start_check_every: int = 100
     """Warm start's stop rule: every this many steps, measure greedy accuracy and pass@``warm_start_probe_k``
     at temperature 1 on the probe (0: no checks, always ``warm_start_steps``)."""
-    warm_start_stop_pass_at_k: float = 0.5
-    """Stop the warm start at the first check where the probe's pass@k is >= this: the start RL can lift
-    (it turns pass@k into pass@1) before supervised training makes greedy decoding right by itself. With
-    ``warm_start_lr=1e-3`` and 400 steps at most, 0.5 stops at step 275-325 with probe greedy accuracy
-    0.09-0.14 (benchmarks/results/default-job-calibration)."""
+    warm_start_stop_pass_at_k: float = 0.85
+    """Stop the warm start at the first check where the probe's pass@k is >= this: the model can write
+    the right answer, which is all RL needs (it turns pass@k into pass@1). With the defaults it stops at
+    step 700-900 of 1200 (benchmarks/results/default-job-calibration)."""
     warm_start_probe_k: int = 8
     """Samples per probe prompt for the stop rule's pass@k."""
     warm_start_probe_size: int = 64
@@ -226,8 +231,10 @@ class DataConfig:
     ``"7+8=15,4+0+1=5;55"``, :func:`distrl.data.arithmetic.worked_solution`), several times longer;
     the warm start learns that format and the verifier scores the answer after the last ``;``.
     Set ``rollout.max_new_tokens`` to fit (about 8 tokens per digit column)."""
-    num_problems: int = 256
-    """Built-in task: size of the generated training set (small enough that RL revisits each problem)."""
+    num_problems: int = 4096
+    """Built-in task: size of the generated training set, drawn from the task's ``train`` split
+    (:func:`distrl.data.arithmetic.split_of`). The default job sees 3200 prompts, most once: a small set
+    revisited many times is memorized by the tiny model (training reward up, held-out accuracy down)."""
 
 
 @dataclass
@@ -355,9 +362,9 @@ class TrainerConfig:
     wandb_project: str = "distrl"
     wandb_mode: str = "offline"
     """offline | online | disabled."""
-    eval_every: int = 0
-    """Evaluate on the held-out prompts every this many steps (0: only before training and after the
-    last step)."""
+    eval_every: int = 50
+    """Evaluate on the held-out prompts every this many steps and after the last (0: only after the last;
+    and before training with ``eval_before_train``). The default job's 128 prompts take about 1 s."""
     eval_before_train: bool = True
     """Evaluate the initial policy (logged as step 0) in a run that starts from step 0."""
     eval_k: int = 8
@@ -671,6 +678,10 @@ def validate(cfg: Config) -> None:
     _check(
         0.0 <= m.warm_start_stop_pass_at_k <= 1.0,
         f"model.warm_start_stop_pass_at_k={m.warm_start_stop_pass_at_k} must be in [0, 1] (a fraction, e.g. 0.6)",
+    )
+    _check(
+        0.0 <= m.warm_start_teacher_error <= 1.0,
+        f"model.warm_start_teacher_error={m.warm_start_teacher_error} must be in [0, 1] (0: a correct teacher)",
     )
     _check(m.warm_start_lr > 0, f"model.warm_start_lr={m.warm_start_lr} must be > 0 (e.g. 3e-3)")
     _check(m.warm_start_probe_k >= 1, f"model.warm_start_probe_k={m.warm_start_probe_k} must be >= 1 (e.g. 8)")

@@ -75,7 +75,7 @@ def load_prompts(cfg: Config) -> list[PromptRecord]:
     """The training prompts: ``data.train_files`` or the built-in arithmetic task."""
     if not cfg.data.train_files:
         return make_problems(cfg.data.num_problems, digits=cfg.data.task_digits, seed=cfg.trainer.seed,
-                             scratchpad=cfg.data.scratchpad)  # fmt: skip
+                             scratchpad=cfg.data.scratchpad, split="train")  # fmt: skip
     records, skipped = load_records(cfg.data.train_files, skip_bad_rows=cfg.data.skip_bad_rows)
     if skipped:
         print(f"distrl: skipped {skipped} malformed row(s) of data.train_files (data.skip_bad_rows=true)")
@@ -94,7 +94,7 @@ def load_eval_prompts(cfg: Config, train: list[PromptRecord]) -> list[PromptReco
         return []
     seen = {r.prompt for r in train} | {r.prompt for r in warm_start_problems(cfg)}
     return make_heldout(cfg.data.val_size, digits=cfg.data.task_digits, seed=cfg.trainer.seed + HELDOUT_SEED_OFFSET,
-                        exclude=seen, scratchpad=cfg.data.scratchpad)  # fmt: skip
+                        exclude=seen, scratchpad=cfg.data.scratchpad, split="heldout")  # fmt: skip
 
 
 @dataclass

@@ -14,6 +14,7 @@ TINY = [
     "model.num_heads=2",
     "model.intermediate_size=128",
     "model.warm_start_steps=20",
+    "model.warm_start_check_every=0",  # no probe: tests/test_warm_start.py covers the stop rule
     "data.train_batch_size=2",
     "data.num_problems=32",
     "rollout.n=4",

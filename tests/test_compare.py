@@ -189,6 +189,18 @@ def test_a_job_prints_its_metrics_and_keeps_its_exit_status(tmp_path: Path) -> N
     assert compare.metrics_from_log("\x1b[36mnoise\x1b[0m\n" + job.stdout) == '{"step": 1}\n{"step": 2}\n'
 
 
+def test_a_preset_override_reaches_only_that_presets_runs_and_must_name_a_preset_that_runs(capsys) -> None:
+    own = ["--preset-override", "gspo", "algorithm.clip_low=3e-3"]
+    args = compare.parse_args(["--algorithms", "grpo,gspo", "--steps", "3", "--out", "x", *own, "data.num_problems=8"])
+    assert args.preset_override == [["gspo", "algorithm.clip_low=3e-3"]] and args.overrides == ["data.num_problems=8"]
+    gspo = compare.run_overrides(compare.RunSpec("gspo", 0, ("algorithm.clip_low=3e-3",)), 3, "o", args.overrides)
+    assert gspo.index("algorithm.clip_low=3e-3") < gspo.index("algorithm=gspo")
+    assert "algorithm.clip_low=3e-3" not in compare.run_overrides(compare.RunSpec("grpo", 0), 3, "o", args.overrides)
+    with pytest.raises(SystemExit):
+        compare.parse_args(["--algorithms", "grpo", "--steps", "3", "--out", "x", "--preset-override", "gspo", "a=1"])
+    assert "that --algorithms does not run" in capsys.readouterr().err
+
+
 def run_compare(out: Path, model_cache: Path, *args: str) -> subprocess.CompletedProcess[str]:
     command = [sys.executable, str(ROOT / "benchmarks" / "compare.py"), "--out", str(out), *args]
     command += [*TINY, f"model.cache_dir={model_cache}", "cluster.backend=inline"]  # the report, not the backend
@@ -223,3 +235,24 @@ def test_a_failed_run_is_reported_and_fails_the_command(tmp_path: Path, model_ca
     report = (out / "report.md").read_text()
     assert "### grpo-seed0: exit status 2" in report
     assert table_row(report, "grpo")[1] == "finished 0 of 1"
+
+
+def test_held_out_lift_and_collapse_per_run_and_per_algorithm(tmp_path: Path) -> None:
+    def run(seed: int, evals: list[float]) -> compare.Run:
+        steps = [0, 5, 10][: len(evals)]
+        records = [{"step": s, "reward/accuracy": 0.2} for s in range(1, 11)]
+        for step, value in zip(steps, evals, strict=True):
+            records.append({"step": step, "eval/greedy_acc": value})
+        return compare.Run(seed, sorted(records, key=lambda r: r["step"]))
+
+    runs = {"grpo": [run(0, [0.4, 0.5, 0.7]), run(1, [0.4, 0.3, 0.1])], "gspo": [run(0, [0.0, 0.2])]}
+    assert [compare.collapsed(r.records) for r in runs["grpo"]] == [False, True]  # 0.1 < 0.5 × 0.4
+    assert compare.collapsed(runs["gspo"][0].records) is None  # nothing to lose at step 0
+    report = compare.write_report(tmp_path, runs, meta()).read_text()
+    grpo, header = table_row(report, "grpo"), table_row(report, "algorithm")
+    assert header[-2:] == ["held-out greedy lift", "collapsed"]
+    assert numbers(grpo[-2])[0] == pytest.approx(0.0) and grpo[-1] == "1 of 2"  # lifts +0.3 and -0.3
+    assert table_row(report, "gspo")[-1] == "—"
+    seed1 = table_row(report, "grpo-seed1")
+    assert numbers(seed1[5]) == pytest.approx([-0.3]) and seed1[-1] == "**yes**"
+    assert "| gspo | `eval/greedy_acc` lift | 1 |" in report

@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from distrl.data.arithmetic import SCRATCHPAD_SOURCE, make_problems, worked_solution
+from distrl.data.arithmetic import SCRATCHPAD_SOURCE, careless_sum, make_problems, split_of, worked_solution
 from distrl.data.records import DatasetError, PromptRecord, PromptStream, load_records, render_prompt
 from distrl.models.tiny import build_tokenizer
 from distrl.rewards import BUILTIN_VERIFIERS
@@ -411,3 +411,23 @@ def test_scratchpad_problems_carry_their_worked_solution_and_are_scored_on_the_a
     verify = BUILTIN_VERIFIERS[SCRATCHPAD_SOURCE]
     assert verify(f"garbage;{record.ground_truth}", record.ground_truth) == 1.0  # outcome reward: the answer only
     assert verify(record.ground_truth, record.ground_truth) == 0.0  # no scratchpad, no ';'
+
+
+@pytest.mark.parametrize(("a", "b", "careless", "worked"), [
+    (47, 8, 45, "7+8=15,4+0=4;45"),
+    (57, 68, 15, "7+8=15,5+6=11;15"),
+    (5, 7, 2, "5+7=12;2"),
+    (12, 34, 46, "2+4=6,1+3=4;46"),
+])  # fmt: skip
+def test_the_careless_teacher_forgets_every_carry(a, b, careless, worked):
+    assert careless_sum(a, b) == careless
+    assert worked_solution(a, b, carry=False) == worked
+
+
+def test_splits_are_fixed_by_the_prompt_and_cover_the_task_in_tenths():
+    prompts = [f"{a}+{b}=" for a in range(100) for b in range(100)]
+    counts = {name: sum(split_of(p) == name for p in prompts) for name in ("heldout", "train", "warm_start")}
+    assert 0.08 < counts["heldout"] / len(prompts) < 0.12 and 0.27 < counts["train"] / len(prompts) < 0.33
+    drawn = make_problems(200, digits=2, seed=1, split="train")
+    assert {split_of(r.prompt) for r in drawn} == {"train"}
+    assert [r.prompt for r in drawn] == [r.prompt for r in make_problems(200, digits=2, seed=1, split="train")]

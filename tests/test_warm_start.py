@@ -60,8 +60,27 @@ def test_warm_start_and_probe_problems_avoid_the_rl_training_prompts():
         ("model.warm_start_stop_pass_at_k=1.5", "model.warm_start_stop_pass_at_k=1.5 must be in"),
         ("model.warm_start_check_every=-1", "model.warm_start_check_every=-1 must be >= 0"),
         ("model.warm_start_probe_k=0", "model.warm_start_probe_k=0 must be >= 1"),
+        ("model.warm_start_teacher_error=1.2", "model.warm_start_teacher_error=1.2 must be in"),
     ],
 )
 def test_out_of_range_stop_rule_settings_are_refused(override, message):
     with pytest.raises(ConfigError, match=message):
         compose_config([override])
+
+
+@pytest.mark.parametrize("scratchpad", [False, True])
+def test_the_careless_teacher_drops_carries_in_about_its_error_rate_and_the_probe_keeps_right_answers(scratchpad):
+    from distrl.data.arithmetic import careless_sum
+    from distrl.models.prepare import supervised_target, teacher_pairs
+
+    cfg = compose_config([f"data.scratchpad={str(scratchpad).lower()}"])
+    problems = warm_start_problems(cfg)
+    pairs = teacher_pairs(problems, 0.7, seed=0)
+    careless = [str(careless_sum(p.extra_info["a"], p.extra_info["b"])) for p in problems]
+    carries = [i for i, p in enumerate(problems) if careless[i] != p.ground_truth]
+    wrong = [i for i in carries if pairs[i][1] != supervised_target(problems[i])]
+    assert 0.65 < len(wrong) / len(carries) < 0.75
+    assert all(pairs[i][1].split(";")[-1] == careless[i] for i in wrong)
+    assert all(pairs[i][1] == supervised_target(p) for i, p in enumerate(problems) if i not in set(carries))
+    assert teacher_pairs(problems, 0.0, seed=0) == [(p.prompt, supervised_target(p)) for p in problems]
+    assert teacher_pairs(problems, 0.7, seed=0) == pairs  # reproducible: the cache key depends on it

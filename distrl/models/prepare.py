@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import os
+import random
 from pathlib import Path
 
 from distrl.config import Config, check_learning_rate
-from distrl.data.arithmetic import make_problems
+from distrl.data.arithmetic import careless_sum, make_problems, worked_solution
 from distrl.data.records import PromptRecord
 from distrl.models.loading import check_model_path, count_parameters
 from distrl.models.tiny import build_tiny_model
@@ -45,7 +46,8 @@ def prepare_policy(cfg: Config) -> str:
     problems = warm_start_problems(cfg)
     probe = probe_problems(cfg, problems)
     probe_prompts = {p.prompt for p in probe}
-    pairs = [(p.prompt, supervised_target(p)) for p in problems if p.prompt not in probe_prompts]
+    pairs = teacher_pairs([p for p in problems if p.prompt not in probe_prompts], m.warm_start_teacher_error,
+                          seed=cfg.trainer.seed)  # fmt: skip
     rule = StopRule(check_every=m.warm_start_check_every, stop_pass_at_k=m.warm_start_stop_pass_at_k,
                     probe_k=m.warm_start_probe_k)  # fmt: skip
     folder = warm_start(
@@ -63,26 +65,36 @@ def prepare_policy(cfg: Config) -> str:
 
 def warm_start_problems(cfg: Config) -> list[PromptRecord]:
     """The problems the tiny model is warm-started on, the probe of its stop rule included (none when it
-    is not warm-started): :data:`WARM_START_PROBLEMS` generated problems less any built-in RL training
-    prompt, so RL trains on problems the warm start never saw."""
+    is not warm-started): :data:`WARM_START_PROBLEMS` problems of the built-in task's ``warm_start``
+    split (:func:`~distrl.data.arithmetic.split_of`), so RL training and held-out problems are never among them."""
     if cfg.model.path is not None or cfg.model.warm_start_steps == 0:
         return []
-    training = set()
-    if not cfg.data.train_files:
-        training = {p.prompt for p in make_problems(cfg.data.num_problems, digits=cfg.data.task_digits,
-                                                    seed=cfg.trainer.seed)}  # fmt: skip
-    problems = make_problems(
-        WARM_START_PROBLEMS,
-        digits=cfg.data.task_digits,
-        seed=cfg.trainer.seed + WARM_START_SEED_OFFSET,
-        scratchpad=cfg.data.scratchpad,
-    )
-    return [p for p in problems if p.prompt not in training]
+    seed = cfg.trainer.seed + WARM_START_SEED_OFFSET
+    return make_problems(WARM_START_PROBLEMS, digits=cfg.data.task_digits, seed=seed, scratchpad=cfg.data.scratchpad,
+                         split="warm_start")  # fmt: skip
 
 
 def supervised_target(record: PromptRecord) -> str:
-    """What the warm start teaches for ``record``: its worked solution (the scratchpad variant), else the answer."""
+    """The right response to ``record``: its worked solution (the scratchpad variant), else the answer."""
     return (record.extra_info or {}).get("ground_truth_response") or record.ground_truth
+
+
+def careless_target(record: PromptRecord) -> str:
+    """The careless teacher's response to a built-in problem: every carry forgotten
+    (:func:`~distrl.data.arithmetic.careless_sum`), in the worked form for the scratchpad variant."""
+    a, b = record.extra_info["a"], record.extra_info["b"]
+    if "ground_truth_response" in record.extra_info:
+        return worked_solution(a, b, carry=False)
+    return str(careless_sum(a, b))
+
+
+def teacher_pairs(problems: list[PromptRecord], error: float, *, seed: int) -> list[tuple[str, str]]:
+    """The warm start's (prompt, response) demonstrations: each problem's :func:`careless_target` with
+    probability ``error`` (drawn per problem, reproducible by ``seed``), else its :func:`supervised_target`.
+    The flaw shows only where a column carries, so the right answer stays among the model's samples
+    while imitation makes the careless one its greedy answer there: what RL with a verifier can fix."""
+    rng = random.Random(seed + WARM_START_SEED_OFFSET)
+    return [(p.prompt, careless_target(p) if rng.random() < error else supervised_target(p)) for p in problems]
 
 
 def probe_problems(cfg: Config, problems: list[PromptRecord]) -> list[PromptRecord]:

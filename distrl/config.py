@@ -211,10 +211,13 @@ class ModelConfig:
 class DataConfig:
     """Prompts. Without ``train_files`` the built-in arithmetic task is used."""
 
-    train_files: list[str] = field(default_factory=list)
-    """JSONL or Parquet files in verl's layout (prompt, data_source, reward_model.ground_truth)."""
-    val_files: list[str] = field(default_factory=list)
-    """Held-out prompts for evaluation (``trainer.eval_every``), in the same formats as ``train_files``."""
+    train_files: Any = field(default_factory=list)
+    """JSONL or Parquet files in verl's layout (prompt, data_source, reward_model.ground_truth): one path
+    (``data.train_files=~/data/gsm8k/train.parquet``, as verl's command lines write it) or a list
+    (``data.train_files=[a.jsonl,b.parquet]``). Typed ``Any`` so that both parse; always a list after loading."""
+    val_files: Any = field(default_factory=list)
+    """Held-out prompts for evaluation (``trainer.eval_every``), in the same formats as ``train_files``: one
+    path or a list."""
     val_size: int = 128
     """Built-in task without ``val_files``: held-out problems, none of them a training or warm-start
     problem (0: no evaluation)."""
@@ -235,6 +238,15 @@ class DataConfig:
     """Built-in task: size of the generated training set, drawn from the task's ``train`` split
     (:func:`distrl.data.arithmetic.split_of`). The default job sees 3200 prompts, most once: a small set
     revisited many times is memorized by the tiny model (training reward up, held-out accuracy down)."""
+
+    def __post_init__(self) -> None:
+        """One path given for ``train_files`` / ``val_files`` becomes a one-element list."""
+        for name in ("train_files", "val_files"):
+            value = getattr(self, name)
+            if isinstance(value, str | Path):
+                setattr(self, name, [str(value)])
+            elif isinstance(value, tuple):
+                setattr(self, name, list(value))
 
 
 @dataclass
@@ -279,6 +291,9 @@ class RewardConfig:
     """A sequence-classification reward model folder."""
     batched: bool = False
     """The user function takes lists (verl's batch signature) instead of one sample."""
+    style: str = "verl"
+    """The user function's signature: verl | trl (TRL's ``fn(prompts, completions, **columns) -> list[float]``,
+    always over the batch; distrl/rewards/user.py)."""
     workers: int | None = None
     """Processes the user function runs in (distrl/rewards/isolated.py): a call that hangs, exits or
     crashes fails its sample and its process is replaced; 0 runs it in the reward role's own process
@@ -567,6 +582,13 @@ def _check_nonnegative(cfg: Any, prefix: str, *names: str) -> None:
 def validate(cfg: Config) -> None:
     """Raise :class:`ConfigError` for a configuration that cannot run as the user meant it."""
     alg = cfg.algorithm
+    for key in ("train_files", "val_files"):
+        files = getattr(cfg.data, key)
+        _check(
+            isinstance(files, list) and all(isinstance(f, str) and f for f in files),
+            f"data.{key}={files!r} must be a path or a list of paths (data.{key}=train.parquet or "
+            f"data.{key}=[a.jsonl,b.parquet])",
+        )
     _check_name("algorithm.advantage", alg.advantage, ADVANTAGE_ESTIMATORS)
     _check_name("algorithm.policy_loss", alg.policy_loss, POLICY_LOSSES)
     _check_name("algorithm.loss_agg", alg.loss_agg, LOSS_AGGREGATIONS)

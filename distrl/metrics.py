@@ -38,6 +38,10 @@ METRIC_GLOSSARY: dict[str, str] = {
         "(scored 0)."
     ),
     "reward/timeouts": "Of reward/errors, the calls that ran past reward.timeout_s (their worker was replaced).",
+    "reward/<key>": (
+        "A reward function's dict return with numeric keys besides score and acc: each key's mean over the "
+        "step's samples that returned it (reward/fn_<key> where the name is one of distrl's own reward/ metrics)."
+    ),
     "response_length/mean": "Mean response length in tokens.",
     "response_length/max": "Longest response in tokens.",
     "response_length/clip_ratio": "Fraction of responses truncated at rollout.max_new_tokens.",

@@ -164,9 +164,9 @@ class Trainer:
         # Cheap checks first: data, reward function, checkpoint — before any role starts.
         self.records = load_prompts(cfg)
         self.eval_records = load_eval_prompts(cfg, self.records)
-        RewardScorer(cfg.reward.function, cfg.reward.model_path, cfg.reward.batched).check_data_sources(
-            {r.data_source for r in self.records + self.eval_records}
-        )
+        RewardScorer(
+            cfg.reward.function, cfg.reward.model_path, cfg.reward.batched, style=cfg.reward.style
+        ).check_data_sources({r.data_source for r in self.records + self.eval_records})
         self.resumed = checkpoint.resolve(cfg.trainer.resume, cfg.trainer.output_dir)
         state = checkpoint.read_state(self.resumed) if self.resumed else {}
         self.initial_model = state.get("initial_model") or prepare_policy(cfg)

@@ -9,7 +9,9 @@ A row is one JSON object: a line of a ``.jsonl`` / ``.json`` file (JSON Lines) o
      "extra_info": {"split": "train", "index": 0}}
 
 ``prompt`` and ``data_source`` are required; ``reward_model`` and ``extra_info`` are optional objects; other
-fields (``ability``, ...) are ignored. Every row is validated by :func:`load_records`, which the runtime calls
+fields (``ability``, ...) are ignored. ``reward_model.ground_truth`` may be any JSON value (a string, a
+number, a list of accepted answers, an object of test cases, ...) and reaches reward functions as it is,
+as in verl. Every row is validated by :func:`load_records`, which the runtime calls
 before any actor starts, so a bad dataset fails at once with the file, the row and the fix.
 """
 
@@ -44,14 +46,15 @@ class PromptRecord:
     """One validated dataset row.
 
     ``prompt`` is a non-blank string or a non-empty list of chat messages (dicts whose values are strings, with
-    at least ``role`` and ``content``); ``ground_truth`` is ``reward_model["ground_truth"]`` as text (numbers are
-    converted, ``None`` when absent); ``extra_info`` is the row's object or ``{}``; ``index`` is the 0-based
-    position in the concatenation of all loaded files (skipped rows take no index).
+    at least ``role`` and ``content``); ``ground_truth`` is ``reward_model["ground_truth"]``: a number as text
+    (``72.0`` → ``"72"``; what the built-in verifiers compare), ``None`` when absent or NaN, any other JSON value
+    (a string, a list, an object, a boolean) as it is; ``extra_info`` is the row's object or ``{}``; ``index``
+    is the 0-based position in the concatenation of all loaded files (skipped rows take no index).
     """
 
     prompt: str | list[dict[str, str]]
     data_source: str
-    ground_truth: str | None
+    ground_truth: Any
     extra_info: dict
     index: int
 
@@ -70,13 +73,13 @@ def load_records(
 ) -> tuple[list[PromptRecord], int]:
     """Read prompt rows from JSONL and Parquet files in verl's layout, file after file, in order.
 
-    Returns ``(records, number_of_skipped_rows)``. A single path is accepted as a one-file list; an empty list
+    Returns ``(records, number_of_skipped_rows)``. One path counts as a one-file list (``~`` expands); an empty list
     gives ``([], 0)``. Every path is checked (exists, is a file, supported extension) before any is read.
     Row numbers are 1-based: for JSONL they are line numbers (blank lines are ignored but counted), for Parquet
     row positions. A malformed row raises :class:`DatasetError`, or with ``skip_bad_rows`` is skipped, counted and
     reported in one warning per file. File-level problems always raise, including a file without a valid row.
     """
-    paths = [Path(files)] if isinstance(files, str | Path) else [Path(f) for f in files]
+    paths = [Path(files).expanduser()] if isinstance(files, str | Path) else [Path(f).expanduser() for f in files]
     for path in paths:
         _check_file(path)
     records: list[PromptRecord] = []
@@ -327,18 +330,39 @@ def _optional_object(row: dict, key: str) -> dict:
     return value
 
 
-def _ground_truth(value: Any) -> str | None:
-    """Text of a ground truth; integral floats print as ints (72.0 → "72") and NaN counts as absent, since a
-    numeric column with missing values is stored as float."""
-    if value is None or isinstance(value, str):
-        return value
-    if isinstance(value, bool | np.bool_) or not isinstance(value, numbers.Real):
-        raise _BadRow(f"`reward_model.ground_truth` must be a string or a number, got {_describe(value)}")
+def _ground_truth(value: Any) -> Any:
+    """A row's ground truth: numbers as text (integral floats print as ints, 72.0 → "72"; NaN counts as absent,
+    since a numeric column with missing values is stored as float), any other JSON value as it is (numpy
+    arrays and scalars from Parquet as lists and Python scalars); anything JSON cannot hold is refused."""
+    if value is None or isinstance(value, str | bool | np.bool_):
+        return bool(value) if isinstance(value, np.bool_) else value
     if isinstance(value, numbers.Integral):
         return str(int(value))
-    if math.isnan(value):
-        return None
-    return str(int(value)) if float(value).is_integer() else str(float(value))
+    if isinstance(value, numbers.Real):
+        if math.isnan(value):
+            return None
+        return str(int(value)) if float(value).is_integer() else str(float(value))
+    plain = _plain(value)
+    try:
+        json.dumps(plain, allow_nan=False)
+    except (TypeError, ValueError):
+        raise _BadRow(
+            f"`reward_model.ground_truth` must be a JSON value (string, number, list, object), got {_describe(value)}"
+        ) from None
+    return plain
+
+
+def _plain(value: Any) -> Any:
+    """``value`` with numpy arrays and scalars (as Parquet readers may give them) turned into Python ones."""
+    if isinstance(value, np.ndarray):
+        return [_plain(v) for v in value.tolist()]
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
 
 
 def _describe(value: Any) -> str:

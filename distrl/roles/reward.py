@@ -4,7 +4,8 @@ the few numbers per sample the controller reads (for dynamic sampling and metric
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 
 import torch
 
@@ -35,6 +36,8 @@ class RewardSummary:
     timeouts: int
     """Of those, the calls past ``reward.timeout_s``."""
     first_error: str | None
+    extras: dict[str, list[float]] = field(default_factory=dict)
+    """A user function's other numeric dict keys per sample (NaN where a sample had none), for ``reward/<key>``."""
 
 
 class Reward(BusyClock):
@@ -44,7 +47,8 @@ class Reward(BusyClock):
         self.cfg = cfg
         r = cfg.reward
         isolation = Isolation(cfg.reward_workers, r.timeout_s, r.memory_mb)
-        self.scorer = RewardScorer(function=r.function, model_path=r.model_path, batched=r.batched, isolation=isolation)
+        self.scorer = RewardScorer(function=r.function, model_path=r.model_path, batched=r.batched, isolation=isolation,
+                                   style=r.style)  # fmt: skip
 
     @busy("reward")
     def score(self, batch: TrajectoryBatch) -> tuple[TrajectoryBatch, RewardSummary]:
@@ -86,6 +90,7 @@ class Reward(BusyClock):
             errors=result.errors,
             timeouts=result.timeouts,
             first_error=result.first_error,
+            extras={key: [math.nan if v is None else v for v in values] for key, values in result.extras.items()},
         )
         if result.output:
             print(result.output, flush=True)

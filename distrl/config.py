@@ -1,4 +1,4 @@
-"""The structured config: every default lives here, once; ``conf/`` only composes and overrides.
+"""The structured config: every default lives here, once; ``distrl/conf/`` only composes and overrides.
 
 The dataclasses are registered in Hydra's ConfigStore as ``distrl_schema`` so every YAML file and
 command-line override is type-checked against them. :func:`validate` checks the relations between
@@ -265,7 +265,7 @@ class RolloutConfig:
     executor); each engine's actor then holds ``cluster.rollout.gpus`` = this many GPUs."""
     gpu_memory_utilization: float = 0.1
     """vLLM memory fraction; on the CPU build it is the fraction of host memory (``cluster=gpu`` raises
-    it for engines with a GPU of their own: conf/cluster/gpu.yaml)."""
+    it for engines with a GPU of their own: distrl/conf/cluster/gpu.yaml)."""
     enforce_eager: bool | None = None
     """Run vLLM without CUDA graphs / torch.compile. ``None``: eager on CPU (compiling there costs
     ~20 s of start-up for ~6% speed), graphs on GPU."""
@@ -554,7 +554,7 @@ class Config:
 
 
 def register_configs() -> None:
-    """Register :class:`Config` as ``distrl_schema`` (``conf/config.yaml`` composes on top of it)."""
+    """Register :class:`Config` as ``distrl_schema`` (``distrl/conf/config.yaml`` composes on top of it)."""
     ConfigStore.instance().store(name="distrl_schema", node=Config)
 
 
@@ -836,8 +836,8 @@ def _validate_backend(cfg: Config) -> None:
         )
 
 
-#: The config folder: ``conf/`` beside the package.
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+#: The config folder, inside the package (installed with it): ``distrl/conf/``.
+CONF_DIR = Path(__file__).resolve().parent / "conf"
 
 
 def compose_config(overrides: Sequence[str] = (), *, check: bool = True) -> Config:

@@ -39,6 +39,8 @@ class Collected:
     """The oldest policy version among the samples that were generated."""
     samples: int
     """Samples in the batch."""
+    examples: list[dict]
+    """A few of the step's samples as text (:attr:`RewardSummary.examples`)."""
     response_tokens: float
     prompt_tokens: float
 
@@ -63,6 +65,7 @@ class RolloutStats:
     rounds: int = 0
     extras: dict[str, list[float]] = field(default_factory=dict)
     """A user function's other numeric dict keys: the values of the samples that returned them."""
+    examples: list[dict] = field(default_factory=list)
 
     def add(self, summary: RewardSummary) -> None:
         for name in ("raw_scores", "accuracy", "lengths", "prompt_lengths", "truncated", "policy_versions"):
@@ -72,6 +75,7 @@ class RolloutStats:
         self.first_error = self.first_error or summary.first_error
         for key, values in summary.extras.items():
             self.extras.setdefault(key, []).extend(v for v in values if not math.isnan(v))
+        self.examples.extend(summary.examples)
 
     def metrics(self) -> dict[str, float]:
         lengths, raw = self.lengths, self.raw_scores
@@ -202,6 +206,7 @@ class Collector:
             timings=timings,
             oldest_version=int(min(stats.policy_versions)),
             samples=sum(len(rows) for _, rows in parts),
+            examples=stats.examples,
             response_tokens=sum(stats.lengths),
             prompt_tokens=sum(stats.prompt_lengths),
         )

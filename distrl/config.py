@@ -384,6 +384,9 @@ class TrainerConfig:
     """Evaluate the initial policy (logged as step 0) in a run that starts from step 0."""
     eval_k: int = 8
     """Samples per held-out prompt at the rollout temperature, for ``eval/pass@1`` and ``eval/pass@k``."""
+    log_samples_every: int = 50
+    """Every this many steps, a few of the step's samples (prompt, response, ground truth, reward) go to
+    the console, ``<output_dir>/samples.jsonl`` and a wandb table (0: never)."""
     max_nonfinite_steps: int = 3
     """Stop after this many consecutive updates skipped for a NaN/inf gradient."""
     mode: str = "sync"
@@ -690,6 +693,8 @@ def validate(cfg: Config) -> None:
         "learner.mini_batches=4 (or learner.epochs=2)",
     )
     _check(cfg.trainer.eval_every >= 0, f"trainer.eval_every={cfg.trainer.eval_every} must be >= 0 (0: at the end)")
+    _check(cfg.trainer.log_samples_every >= 0,
+           f"trainer.log_samples_every={cfg.trainer.log_samples_every} must be >= 0 (0: never)")  # fmt: skip
     _check(cfg.trainer.eval_k >= 1, f"trainer.eval_k={cfg.trainer.eval_k} must be >= 1 (samples per held-out prompt)")
     m = cfg.model
     _check(m.warm_start_steps >= 0, f"model.warm_start_steps={m.warm_start_steps} must be >= 0 (0: no warm start)")

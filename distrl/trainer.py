@@ -54,6 +54,13 @@ RESTARTABLE = ("rollout", "reward", "reference")
 HELDOUT_SEED_OFFSET = 20_011
 
 
+def stage(message: str, since: float | None = None) -> None:
+    """Print a start-up stage (``distrl: <message> [<s> s]``, seconds since ``since``) at once: the
+    console's first minute of a run is the model build, the warm start and the engines' start."""
+    elapsed = f" [{time.perf_counter() - since:.1f} s]" if since is not None else ""
+    print(f"distrl: {message}{elapsed}", flush=True)
+
+
 @dataclass
 class NonFiniteGuard:
     """Counts consecutive updates skipped for a NaN/inf gradient and stops the run at ``limit``."""
@@ -162,14 +169,19 @@ class Trainer:
         self.startup_timeout_s = max(STARTUP_TIMEOUT_S, cfg.trainer.role_timeout_s)
         alg, c = cfg.algorithm, cfg.cluster
         # Cheap checks first: data, reward function, checkpoint — before any role starts.
+        started = time.perf_counter()
         self.records = load_prompts(cfg)
         self.eval_records = load_eval_prompts(cfg, self.records)
+        stage(f"data: {len(self.records)} training prompts, {len(self.eval_records)} held-out")
         RewardScorer(
             cfg.reward.function, cfg.reward.model_path, cfg.reward.batched, style=cfg.reward.style
         ).check_data_sources({r.data_source for r in self.records + self.eval_records})
         self.resumed = checkpoint.resolve(cfg.trainer.resume, cfg.trainer.output_dir)
         state = checkpoint.read_state(self.resumed) if self.resumed else {}
+        stage("policy: preparing (the tiny model is built and warm-started once, then cached)"
+              if cfg.model.path is None and "initial_model" not in state else "policy: loading")  # fmt: skip
         self.initial_model = state.get("initial_model") or prepare_policy(cfg)
+        stage(f"policy ready: {self.initial_model}", started)
         tokenizer = load_tokenizer(self.initial_model, trust_remote_code=cfg.model.trust_remote_code)
         self.records, dropped = drop_long_prompts(self.records, tokenizer, cfg.data.max_prompt_len,
                                                   skip=cfg.data.skip_bad_rows)  # fmt: skip
@@ -188,7 +200,11 @@ class Trainer:
         if "data" in state:
             stream.load_state(state["data"])
         self.nonfinite = NonFiniteGuard(cfg.trainer.max_nonfinite_steps)
+        self.last_examples: list[dict] = []
 
+        roles = [f"{c.rollout_engines} rollout ({cfg.rollout.engine})", f"{c.learners} learner", "reward"]
+        roles += [f"{c.references} reference"] * alg.needs_reference + [f"{c.critics} critic"] * cfg.critic_enabled
+        stage(f"starting roles on the {c.backend} backend: {', '.join(roles)}", started)
         layout = plan_gpus(cfg, reference=alg.needs_reference, critic=cfg.critic_enabled)
         self.backend = make_backend(c.backend, num_cpus=c.num_cpus or self._cpus_needed(),
                                     timeout_s=cfg.trainer.role_timeout_s)  # fmt: skip
@@ -224,6 +240,11 @@ class Trainer:
         ``running`` (the update is under way) or ``done``."""
         self.version = self.start_step
         self.get(self.rollout.call("set_version", self.version), "rollout", self.startup_timeout_s)
+        device, budget, total = self.get(
+            self.rollout.call_rank(0, "memory_budget_gib"), "rollout", self.startup_timeout_s
+        )
+        stage(f"roles ready; each engine may use {budget:.1f} GiB of {total:.0f} GiB ({device}, "
+              f"rollout.gpu_memory_utilization={cfg.rollout.gpu_memory_utilization:g})", started)  # fmt: skip
         if self.resumed:  # the engines loaded the checkpoint's float32 weights; an unbroken run's hold the synced ones
             self.sync_weights(same_version=True)
 
@@ -292,6 +313,8 @@ class Trainer:
                                 "(continue with trainer.resume=auto)") from err  # fmt: skip
         finally:
             summary = self.metrics.close()
+            if self.last_saved:
+                self.metrics.print(f"  checkpoint: {self.last_saved}")
         return summary
 
     def checked_step(self, step: int) -> dict[str, float]:
@@ -370,6 +393,9 @@ class Trainer:
         """Log the step, watch for NaN/inf updates, checkpoint when due, refresh PVPO's values."""
         cfg = self.cfg
         self.metrics.log(step + 1, metrics)
+        every_samples = cfg.trainer.log_samples_every
+        if every_samples and (step + 1) % every_samples == 0:
+            self.metrics.log_samples(step + 1, self.last_examples)
         skipped = metrics["train/nonfinite_skipped"] + metrics.get("critic/nonfinite_skipped", 0.0)
         if skipped:
             self.metrics.print(f"distrl: step {step + 1}: NaN/inf gradient, update skipped")
@@ -421,6 +447,7 @@ class Trainer:
         started = time.perf_counter()
         with timed(timings, "generation_wait"):
             collected = self.collector.collect(step)
+            self.last_examples = collected.examples
         if self.cfg.cluster.colocate:  # the learner, reference and critic get the GPUs until the sync
             self.get(self.rollout.call("sleep"), "rollout")
         with timed(timings, "logprobs"):

@@ -38,6 +38,13 @@ class RewardSummary:
     first_error: str | None
     extras: dict[str, list[float]] = field(default_factory=dict)
     """A user function's other numeric dict keys per sample (NaN where a sample had none), for ``reward/<key>``."""
+    examples: list[dict] = field(default_factory=list)
+    """The first :data:`EXAMPLES_PER_BATCH` samples as text (prompt, response, ground truth, score), for
+    ``trainer.log_samples_every``."""
+
+
+#: Samples of each scored batch the controller receives as text (:attr:`RewardSummary.examples`).
+EXAMPLES_PER_BATCH = 2
 
 
 class Reward(BusyClock):
@@ -91,6 +98,15 @@ class Reward(BusyClock):
             timeouts=result.timeouts,
             first_error=result.first_error,
             extras={key: [math.nan if v is None else v for v in values] for key, values in result.extras.items()},
+            examples=[
+                {
+                    "prompt": m["prompt_texts"][i],
+                    "response": m["response_texts"][i],
+                    "ground_truth": m["ground_truths"][i],
+                    "score": result.scores[i],
+                }
+                for i in range(min(EXAMPLES_PER_BATCH, len(result.scores)))
+            ],
         )
         if result.output:
             print(result.output, flush=True)

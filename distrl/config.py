@@ -212,12 +212,28 @@ class DataConfig:
     """Prompts. Without ``train_files`` the built-in arithmetic task is used."""
 
     train_files: Any = field(default_factory=list)
-    """JSONL or Parquet files in verl's layout (prompt, data_source, reward_model.ground_truth): one path
+    """JSONL or Parquet files in verl's layout (prompt, data_source, reward_model.ground_truth), or Hugging
+    Face datasets (a ``save_to_disk`` folder or a hub name, mapped by ``data.prompt_key`` ...): one path
     (``data.train_files=~/data/gsm8k/train.parquet``, as verl's command lines write it) or a list
     (``data.train_files=[a.jsonl,b.parquet]``). Typed ``Any`` so that both parse; always a list after loading."""
     val_files: Any = field(default_factory=list)
     """Held-out prompts for evaluation (``trainer.eval_every``), in the same formats as ``train_files``: one
     path or a list."""
+    prompt_key: str = "prompt"
+    """Hugging Face datasets (a ``save_to_disk`` folder or a hub name in ``train_files``/``val_files``): the
+    prompt column (a string or chat messages)."""
+    answer_key: str | None = None
+    """Hugging Face datasets: the column holding the ground truth for rows without ``reward_model``
+    (``answer`` for GSM8K, ``solution`` for many TRL datasets)."""
+    data_source: str | None = None
+    """Hugging Face datasets: the ``data_source`` of rows without one (None: the dataset's name); it picks
+    the built-in verifier (``gsm8k``, ``math``, ...) when no reward function is set."""
+    train_split: str = "train"
+    """Hugging Face datasets: the split ``train_files`` reads."""
+    val_split: str = "test"
+    """Hugging Face datasets: the split ``val_files`` reads."""
+    subset: str | None = None
+    """Hub datasets: the configuration (``main`` for ``openai/gsm8k``)."""
     val_size: int = 128
     """Built-in task without ``val_files``: held-out problems, none of them a training or warm-start
     problem (0: no evaluation)."""

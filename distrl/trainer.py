@@ -25,7 +25,7 @@ from distrl.backends.placement import bundle_cpus, plan_gpus
 from distrl.collect import Collected, Collector, OneStepOffCollector, TrainingError
 from distrl.config import Config, RoleResources
 from distrl.data.arithmetic import make_heldout, make_problems
-from distrl.data.records import PromptRecord, PromptStream, drop_long_prompts, load_records
+from distrl.data.records import ColumnMap, PromptRecord, PromptStream, drop_long_prompts, load_records
 from distrl.evaluation import heldout_metrics
 from distrl.metrics import MetricsLogger
 from distrl.models.loading import load_tokenizer
@@ -78,12 +78,20 @@ class NonFiniteGuard:
             )
 
 
+def column_map(cfg: Config, split: str) -> ColumnMap:
+    """How Hugging Face dataset rows map to records (``data.prompt_key`` and its neighbours) for ``split``."""
+    d = cfg.data
+    return ColumnMap(prompt_key=d.prompt_key, answer_key=d.answer_key, data_source=d.data_source, split=split,
+                     subset=d.subset)  # fmt: skip
+
+
 def load_prompts(cfg: Config) -> list[PromptRecord]:
     """The training prompts: ``data.train_files`` or the built-in arithmetic task."""
     if not cfg.data.train_files:
         return make_problems(cfg.data.num_problems, digits=cfg.data.task_digits, seed=cfg.trainer.seed,
                              scratchpad=cfg.data.scratchpad, split="train")  # fmt: skip
-    records, skipped = load_records(cfg.data.train_files, skip_bad_rows=cfg.data.skip_bad_rows)
+    records, skipped = load_records(cfg.data.train_files, skip_bad_rows=cfg.data.skip_bad_rows,
+                                    columns=column_map(cfg, cfg.data.train_split))  # fmt: skip
     if skipped:
         print(f"distrl: skipped {skipped} malformed row(s) of data.train_files (data.skip_bad_rows=true)")
     return records
@@ -93,7 +101,8 @@ def load_eval_prompts(cfg: Config, train: list[PromptRecord]) -> list[PromptReco
     """The held-out prompts: ``data.val_files``, or with the built-in task ``data.val_size``
     problems that are neither training nor warm-start problems; none with other training data."""
     if cfg.data.val_files:
-        records, skipped = load_records(cfg.data.val_files, skip_bad_rows=cfg.data.skip_bad_rows)
+        records, skipped = load_records(cfg.data.val_files, skip_bad_rows=cfg.data.skip_bad_rows,
+                                        columns=column_map(cfg, cfg.data.val_split))  # fmt: skip
         if skipped:
             print(f"distrl: skipped {skipped} malformed row(s) of data.val_files (data.skip_bad_rows=true)")
         return records

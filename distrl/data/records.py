@@ -8,6 +8,10 @@ A row is one JSON object: a line of a ``.jsonl`` / ``.json`` file (JSON Lines) o
      "reward_model": {"style": "rule", "ground_truth": "72"},
      "extra_info": {"split": "train", "index": 0}}
 
+Hugging Face ``datasets`` are read too: a folder written by ``Dataset.save_to_disk`` (or a
+``DatasetDict``'s, with a split) or a hub name (``openai/gsm8k``, with a split and subset); their rows are
+mapped to this layout by a :class:`ColumnMap` (the prompt column, the answer column, the data source).
+
 ``prompt`` and ``data_source`` are required; ``reward_model`` and ``extra_info`` are optional objects; other
 fields (``ability``, ...) are ignored. ``reward_model.ground_truth`` may be any JSON value (a string, a
 number, a list of accepted answers, an object of test cases, ...) and reaches reward functions as it is,
@@ -21,6 +25,7 @@ import json
 import logging
 import math
 import numbers
+import re
 import reprlib
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -59,6 +64,42 @@ class PromptRecord:
     index: int
 
 
+@dataclass(frozen=True)
+class ColumnMap:
+    """How the rows of a Hugging Face dataset become verl-layout rows (``data.prompt_key`` and its
+    neighbours): ``prompt`` from ``prompt_key``; ``reward_model`` as the row has it, else
+    ``{"ground_truth": row[answer_key]}``; ``data_source`` as the row has it, else ``data_source``, else
+    the dataset's name; ``extra_info`` as the row has it, else every other column (so TRL-style reward
+    functions get them by name). ``split``/``subset``: which split (and hub configuration) to read."""
+
+    prompt_key: str = "prompt"
+    answer_key: str | None = None
+    data_source: str | None = None
+    split: str = "train"
+    subset: str | None = None
+
+    def row(self, row: Mapping[str, Any], dataset: str) -> dict:
+        """One dataset row in verl's layout."""
+        taken = {self.prompt_key, self.answer_key, "data_source", "reward_model", "extra_info"}
+        out: dict[str, Any] = {
+            "prompt": row.get(self.prompt_key),
+            "data_source": row.get("data_source") or self.data_source or dataset,
+        }
+        if row.get("reward_model") is not None:
+            out["reward_model"] = row["reward_model"]
+        elif self.answer_key is not None:
+            out["reward_model"] = {"ground_truth": row.get(self.answer_key)}
+        info = row.get("extra_info")
+        out["extra_info"] = info if isinstance(info, Mapping) else {k: v for k, v in row.items() if k not in taken}
+        return out
+
+
+#: A hub dataset name: ``name`` or ``owner/name`` (tried when no such local path exists).
+_HUB_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+#: Files ``save_to_disk`` writes into a dataset's (or a dataset dict's) folder.
+_SAVED_MARKERS = ("dataset_info.json", "state.json", "dataset_dict.json")
+
+
 class DatasetError(ValueError):
     """A dataset file or row that cannot be used; the message names the file, the 1-based row (for row
     problems), the problem and the fix."""
@@ -69,7 +110,7 @@ class _BadRow(Exception):
 
 
 def load_records(
-    files: Sequence[str | Path] | str | Path, *, skip_bad_rows: bool = False
+    files: Sequence[str | Path] | str | Path, *, skip_bad_rows: bool = False, columns: ColumnMap | None = None
 ) -> tuple[list[PromptRecord], int]:
     """Read prompt rows from JSONL and Parquet files in verl's layout, file after file, in order.
 
@@ -85,7 +126,8 @@ def load_records(
     records: list[PromptRecord] = []
     skipped = 0
     for path in paths:
-        file_records, file_skipped = _load_file(path, first_index=len(records), skip_bad_rows=skip_bad_rows)
+        file_records, file_skipped = _load_file(path, first_index=len(records), skip_bad_rows=skip_bad_rows,
+                                                columns=columns or ColumnMap())  # fmt: skip
         records.extend(file_records)
         skipped += file_skipped
     return records, skipped
@@ -197,7 +239,18 @@ class PromptStream:
         return np.random.default_rng(self.seed + epoch).permutation(len(self.records)).tolist()
 
 
+def _kind(path: Path) -> str:
+    """``saved`` (a ``save_to_disk`` folder), ``hub`` (no such path, but a hub dataset name) or ``file``."""
+    if path.is_dir() and any((path / marker).exists() for marker in _SAVED_MARKERS):
+        return "saved"
+    if not path.exists() and path.suffix.lower() not in SUPPORTED_SUFFIXES and _HUB_NAME.match(str(path)):
+        return "hub"
+    return "file"
+
+
 def _check_file(path: Path) -> None:
+    if _kind(path) != "file":
+        return
     if not path.exists():
         raise DatasetError(f"dataset file {path} does not exist; data.train_files should point at {_SUPPORTED} files")
     if not path.is_file():
@@ -208,11 +261,13 @@ def _check_file(path: Path) -> None:
         )
 
 
-def _load_file(path: Path, *, first_index: int, skip_bad_rows: bool) -> tuple[list[PromptRecord], int]:
+def _load_file(
+    path: Path, *, first_index: int, skip_bad_rows: bool, columns: ColumnMap
+) -> tuple[list[PromptRecord], int]:
     records: list[PromptRecord] = []
     skipped = 0
     first_problem = ""
-    for row_number, row in _read_rows(path):
+    for row_number, row in _read_rows(path, columns):
         try:
             records.append(_to_record(row, index=first_index + len(records)))
         except _BadRow as bad:
@@ -232,8 +287,11 @@ def _load_file(path: Path, *, first_index: int, skip_bad_rows: bool) -> tuple[li
     return records, skipped
 
 
-def _read_rows(path: Path) -> Iterator[tuple[int, Any]]:
+def _read_rows(path: Path, columns: ColumnMap) -> Iterator[tuple[int, Any]]:
     """``(1-based row number, row)``; a JSONL row is its raw line, parsed by :func:`_to_record`."""
+    if _kind(path) != "file":
+        yield from _dataset_rows(path, columns)
+        return
     if path.suffix.lower() in PARQUET_SUFFIXES:
         yield from _parquet_rows(path)
         return
@@ -241,6 +299,36 @@ def _read_rows(path: Path) -> Iterator[tuple[int, Any]]:
         for line_number, line in enumerate(lines, start=1):
             if line.strip():
                 yield line_number, line
+
+
+def _dataset_rows(path: Path, columns: ColumnMap) -> Iterator[tuple[int, dict]]:
+    """The rows of a saved or hub Hugging Face dataset, mapped by ``columns`` (Arrow-backed: read as iterated)."""
+    try:
+        import datasets
+    except ImportError:
+        raise DatasetError(f"{path} is a Hugging Face dataset; reading it needs `pip install datasets`") from None
+    try:
+        if _kind(path) == "saved":
+            loaded = datasets.load_from_disk(str(path))
+        else:
+            loaded = datasets.load_dataset(str(path), columns.subset, split=columns.split)
+    except Exception as err:
+        raise DatasetError(f"could not read the Hugging Face dataset {path} ({type(err).__name__}: {err}); check "
+                           "the name (data.subset for a configuration) or the folder") from err  # fmt: skip
+    if isinstance(loaded, datasets.DatasetDict):
+        if columns.split not in loaded:
+            raise DatasetError(f"the dataset {path} has the splits {', '.join(loaded)}, not {columns.split!r}; set "
+                               "data.train_split / data.val_split")  # fmt: skip
+        loaded = loaded[columns.split]
+    if columns.prompt_key not in loaded.column_names:
+        raise DatasetError(f"the dataset {path} has no column {columns.prompt_key!r} (its columns: "
+                           f"{', '.join(loaded.column_names)}); set data.prompt_key")  # fmt: skip
+    if columns.answer_key is not None and columns.answer_key not in loaded.column_names:
+        raise DatasetError(f"the dataset {path} has no column {columns.answer_key!r} (its columns: "
+                           f"{', '.join(loaded.column_names)}); set data.answer_key")  # fmt: skip
+    name = path.name if _kind(path) == "saved" else str(path)
+    for number, row in enumerate(loaded, start=1):
+        yield number, columns.row(row, name)
 
 
 def _parquet_rows(path: Path) -> Iterator[tuple[int, dict]]:

@@ -2,6 +2,8 @@
 multirun folders."""
 
 import json
+import re
+import shlex
 import subprocess
 import sys
 import sysconfig
@@ -11,6 +13,7 @@ import pytest
 from conftest import ROOT, TINY
 
 from distrl.cli_help import first_sentence, help_text
+from distrl.config import compose_config
 
 pytestmark = [pytest.mark.subprocess]
 
@@ -65,3 +68,14 @@ def test_multirun_writes_one_folder_per_run(tmp_path: Path, model_cache: Path):
         rows = [json.loads(line) for line in (sweep / number / "metrics.jsonl").read_text().splitlines()]
         assert [r["step"] for r in rows] == [1]
     assert not (tmp_path / "runs" / "default").exists()
+
+
+def test_the_readme_translation_of_a_verl_command_is_a_valid_distrl_config():
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("## Coming from verl or TRL") :]
+    block = re.search(r"```text\n(.*?)```", section, re.S).group(1)
+    command = block[block.index("distrl-train") :].replace("\\\n", " ").replace("$HOME", "/home/user")
+    overrides = shlex.split(command)[1:]
+    cfg = compose_config(overrides)  # validated
+    assert cfg.data.train_files == ["/home/user/data/gsm8k/train.parquet"] and cfg.rollout.n == 5
+    assert cfg.learner.mini_batches == 4 and cfg.algorithm.kl.coef == 0.001 and cfg.trainer.total_steps == 105

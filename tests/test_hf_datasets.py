@@ -3,10 +3,9 @@ records by the data.* column keys."""
 
 import datasets
 import pytest
+from conftest import train_inline
 
 from distrl.data.records import ColumnMap, DatasetError, load_records
-from distrl.metrics import read_metrics
-from distrl.trainer import Trainer
 
 ROWS = [{"question": f"{a}+{b}=", "solution": str(a + b), "level": a % 3} for a, b in ((1, 2), (3, 4), (5, 6), (7, 1))]
 
@@ -41,12 +40,7 @@ def test_a_saved_dataset_trains_and_evaluates(tiny_config, saved):
     keys = ["data.prompt_key=question", "data.answer_key=solution", "data.data_source=arithmetic"]
     cfg = tiny_config("cluster.backend=inline", f"data.train_files={saved}", f"data.val_files={saved}", *keys,
                       "trainer.total_steps=3", "trainer.eval_before_train=true")  # fmt: skip
-    trainer = Trainer(cfg)
-    try:
-        trainer.fit()
-    finally:
-        trainer.shutdown()
-    rows = read_metrics(trainer.metrics.jsonl_path)
+    trainer, rows = train_inline(cfg)
     assert [r["step"] for r in rows] == [0, 1, 2, 3]
     assert all(r["reward/errors"] == 0 for r in rows[1:]) and "eval/greedy_acc" in rows[0]
     assert len(trainer.records) == 4 and len(trainer.eval_records) == 2  # train and test splits

@@ -8,16 +8,16 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from conftest import train_inline
 
 from distrl.collect import RolloutStats, extra_metric_name
 from distrl.config import ConfigError, compose_config
 from distrl.data.records import load_records
-from distrl.metrics import read_metrics
 from distrl.rewards import RewardScorer, Sample
 from distrl.rewards.isolated import Isolation
 from distrl.rewards.verifiers import verify_math_dapo
 from distrl.roles.reward import RewardSummary
-from distrl.trainer import Trainer, load_prompts
+from distrl.trainer import load_prompts
 
 #: Rows as verl's preprocessing scripts write them, with structured ground truths: a countdown-style
 #: target with its numbers, several accepted answers, and the plain string verl's GSM8K script writes.
@@ -178,12 +178,7 @@ def test_verl_parquet_files_with_dict_and_list_ground_truths_train_and_log_extra
     reward.write_text(textwrap.dedent(REWARD))
     cfg = tiny_config("cluster.backend=inline", f"data.train_files=[{dicts},{lists}]", "data.train_batch_size=4",
                       f"reward.function={reward}:compute_score", "trainer.total_steps=3")  # fmt: skip
-    trainer = Trainer(cfg)
-    try:
-        trainer.fit()
-    finally:
-        trainer.shutdown()
-    rows = read_metrics(trainer.metrics.jsonl_path)
+    _, rows = train_inline(cfg)
     assert [r["step"] for r in rows] == [1, 2, 3]
     for row in rows:
         assert row["reward/errors"] == 0

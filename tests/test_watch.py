@@ -4,8 +4,9 @@ import json
 import subprocess
 import sys
 
+from conftest import train_inline
+
 from distrl.metrics import format_duration
-from distrl.trainer import Trainer
 
 
 def test_durations_read_as_hours_minutes_seconds():
@@ -15,11 +16,7 @@ def test_durations_read_as_hours_minutes_seconds():
 def test_a_short_run_shows_its_stages_pace_samples_and_summary_and_plots(tiny_config, tmp_path, capsys):
     cfg = tiny_config("cluster.backend=inline", "trainer.total_steps=3", "trainer.loggers=[console,jsonl]",
                       "trainer.log_samples_every=2", "trainer.eval_before_train=true")  # fmt: skip
-    trainer = Trainer(cfg)
-    try:
-        trainer.fit()
-    finally:
-        trainer.shutdown()
+    train_inline(cfg)
     out = capsys.readouterr().out
     for stage in ("distrl: data: 32 training prompts, 4 held-out", "distrl: policy ready:", "distrl: starting roles",
                   "distrl: roles ready; each engine may use"):  # fmt: skip

@@ -158,6 +158,23 @@ class AlgorithmConfig:
 
 
 @dataclass
+class LoraSettings:
+    """LoRA adapters on the policy (distrl/models/lora.py): the learner trains them only; engines and
+    checkpoints get the merged weights."""
+
+    rank: int = 0
+    """r, the adapters' rank (0: no LoRA, every weight trains)."""
+    alpha: float = 16.0
+    """α: the update is scaled by α / r."""
+    dropout: float = 0.0
+    """Dropout on the adapters' input."""
+    target_modules: list[str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    )
+    """Names of the linear layers that get adapters (Qwen2/Llama names; peft matches name suffixes)."""
+
+
+@dataclass
 class ModelConfig:
     """The policy. Without ``path`` distrl builds its tiny Qwen2-architecture model."""
 
@@ -205,6 +222,8 @@ class ModelConfig:
     nor held-out evaluation problems)."""
     cache_dir: str = "~/.cache/distrl"
     """Where built and warm-started models are cached."""
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    """LoRA: ``model.lora.rank=16`` trains rank-16 adapters instead of every weight."""
 
 
 @dataclass
@@ -725,6 +744,11 @@ def validate(cfg: Config) -> None:
     _check(
         0.0 <= m.warm_start_teacher_error <= 1.0,
         f"model.warm_start_teacher_error={m.warm_start_teacher_error} must be in [0, 1] (0: a correct teacher)",
+    )
+    _check(m.lora.rank >= 0, f"model.lora.rank={m.lora.rank} must be >= 0 (0: no LoRA)")
+    _check(
+        m.lora.rank == 0 or bool(m.lora.target_modules),
+        "model.lora.target_modules is empty; name the linear layers to adapt, e.g. [q_proj,v_proj]",
     )
     _check(m.warm_start_lr > 0, f"model.warm_start_lr={m.warm_start_lr} must be > 0 (e.g. 3e-3)")
     _check(m.warm_start_probe_k >= 1, f"model.warm_start_probe_k={m.warm_start_probe_k} must be >= 1 (e.g. 8)")

@@ -2,6 +2,7 @@
 multirun folders."""
 
 import json
+import os
 import re
 import shlex
 import subprocess
@@ -49,18 +50,19 @@ def test_pip_install_then_distrl_train_from_another_directory(tmp_path: Path):
     install = subprocess.run(pip, capture_output=True, text=True, timeout=600)
     assert install.returncode == 0, install.stderr[-3000:]
     elsewhere.mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # the installed copy alone
     command = [str(venv / "bin" / "distrl-train"), "--cfg", "job", "algorithm=gspo"]
-    job = subprocess.run(command, cwd=elsewhere, capture_output=True, text=True, timeout=300)
+    job = subprocess.run(command, cwd=elsewhere, env=env, capture_output=True, text=True, timeout=300)
     assert job.returncode == 0, job.stderr[-3000:]
     assert "policy_loss: gspo" in job.stdout
-    where = subprocess.run([python, "-c", "import distrl; print(distrl.__file__)"], cwd=elsewhere,
+    where = subprocess.run([python, "-c", "import distrl; print(distrl.__file__)"], cwd=elsewhere, env=env,
                            capture_output=True, text=True, check=True).stdout  # fmt: skip
     assert where.startswith(str(site))  # the installed copy, not the checkout
 
 
 def test_multirun_writes_one_folder_per_run(tmp_path: Path, model_cache: Path):
     command = [sys.executable, "-m", "distrl.train", "-m", *TINY, f"model.cache_dir={model_cache}",
-               "cluster.backend=inline", "trainer.total_steps=1", "trainer.seed=0,1"]  # fmt: skip
+               "cluster.backend=inline", "rollout=hf", "trainer.total_steps=1", "trainer.seed=0,1"]  # fmt: skip
     done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     (sweep,) = (tmp_path / "runs" / "multirun").iterdir()

@@ -38,8 +38,8 @@ def test_rows_map_to_records_by_the_column_keys(saved):
 
 def test_a_saved_dataset_trains_and_evaluates(tiny_config, saved):
     keys = ["data.prompt_key=question", "data.answer_key=solution", "data.data_source=arithmetic"]
-    cfg = tiny_config("cluster.backend=inline", f"data.train_files={saved}", f"data.val_files={saved}", *keys,
-                      "trainer.total_steps=3", "trainer.eval_before_train=true")  # fmt: skip
+    cfg = tiny_config("cluster.backend=inline", "rollout=hf", f"data.train_files={saved}", f"data.val_files={saved}",
+                      *keys, "trainer.total_steps=3", "trainer.eval_before_train=true")  # fmt: skip
     trainer, rows = train_inline(cfg)
     assert [r["step"] for r in rows] == [0, 1, 2, 3]
     assert all(r["reward/errors"] == 0 for r in rows[1:]) and "eval/greedy_acc" in rows[0]

@@ -176,8 +176,9 @@ def test_verl_parquet_files_with_dict_and_list_ground_truths_train_and_log_extra
     )
     reward = tmp_path / "reward.py"
     reward.write_text(textwrap.dedent(REWARD))
-    cfg = tiny_config("cluster.backend=inline", f"data.train_files=[{dicts},{lists}]", "data.train_batch_size=4",
-                      f"reward.function={reward}:compute_score", "trainer.total_steps=3")  # fmt: skip
+    cfg = tiny_config("cluster.backend=inline", "rollout=hf", f"data.train_files=[{dicts},{lists}]",
+                      "data.train_batch_size=4", f"reward.function={reward}:compute_score",
+                      "trainer.total_steps=3")  # fmt: skip
     _, rows = train_inline(cfg)
     assert [r["step"] for r in rows] == [1, 2, 3]
     for row in rows:

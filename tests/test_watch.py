@@ -14,8 +14,8 @@ def test_durations_read_as_hours_minutes_seconds():
 
 
 def test_a_short_run_shows_its_stages_pace_samples_and_summary_and_plots(tiny_config, tmp_path, capsys):
-    cfg = tiny_config("cluster.backend=inline", "trainer.total_steps=3", "trainer.loggers=[console,jsonl]",
-                      "trainer.log_samples_every=2", "trainer.eval_before_train=true")  # fmt: skip
+    cfg = tiny_config("cluster.backend=inline", "rollout=hf", "trainer.total_steps=3", "trainer.log_samples_every=2",
+                      "trainer.loggers=[console,jsonl]", "trainer.eval_before_train=true")  # fmt: skip
     train_inline(cfg)
     out = capsys.readouterr().out
     for stage in ("distrl: data: 32 training prompts, 4 held-out", "distrl: policy ready:", "distrl: starting roles",

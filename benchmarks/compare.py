@@ -57,7 +57,7 @@ if TYPE_CHECKING:
     from ray.job_submission import JobSubmissionClient
 
 REPO = Path(__file__).resolve().parent.parent
-PRESETS = REPO / "conf" / "algorithm"
+PRESETS = REPO / "distrl" / "conf" / "algorithm"
 RUNTIME_ENV = REPO / "launch" / "runtime_env.yaml"
 RESULTS = REPO / "benchmarks" / "results"
 
@@ -890,7 +890,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         description="Train algorithm presets × seeds on one task and write a comparison report.",
         allow_abbrev=False,
     )
-    parser.add_argument("--algorithms", required=True, help="comma-separated presets of conf/algorithm/")
+    parser.add_argument("--algorithms", required=True, help="comma-separated presets of distrl/conf/algorithm/")
     parser.add_argument("--seeds", type=int, default=3, help="runs per preset, seeds 0 … N-1 (default 3)")
     parser.add_argument("--steps", type=int, required=True, help="training steps per run")
     parser.add_argument("--out", type=Path, required=True, help="output folder, e.g. benchmarks/results/<name>")

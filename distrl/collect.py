@@ -39,6 +39,8 @@ class Collected:
     """The oldest policy version among the samples that were generated."""
     samples: int
     """Samples in the batch."""
+    examples: list[dict]
+    """A few of the step's samples as text (:attr:`RewardSummary.examples`)."""
     response_tokens: float
     prompt_tokens: float
 
@@ -61,6 +63,9 @@ class RolloutStats:
     groups_with_spread: int = 0
     injected: int = 0
     rounds: int = 0
+    extras: dict[str, list[float]] = field(default_factory=dict)
+    """A user function's other numeric dict keys: the values of the samples that returned them."""
+    examples: list[dict] = field(default_factory=list)
 
     def add(self, summary: RewardSummary) -> None:
         for name in ("raw_scores", "accuracy", "lengths", "prompt_lengths", "truncated", "policy_versions"):
@@ -68,6 +73,9 @@ class RolloutStats:
         self.errors += summary.errors
         self.timeouts += summary.timeouts
         self.first_error = self.first_error or summary.first_error
+        for key, values in summary.extras.items():
+            self.extras.setdefault(key, []).extend(v for v in values if not math.isnan(v))
+        self.examples.extend(summary.examples)
 
     def metrics(self) -> dict[str, float]:
         lengths, raw = self.lengths, self.raw_scores
@@ -88,7 +96,20 @@ class RolloutStats:
         judged = [a for a in self.accuracy if not math.isnan(a)]
         if judged:
             out["reward/accuracy"] = sum(judged) / len(judged)
+        for key, values in self.extras.items():
+            if values:
+                out[extra_metric_name(key)] = sum(values) / len(values)
         return out
+
+
+#: ``reward/`` metrics distrl logs itself; a reward function's dict key with one of these names is renamed.
+OWN_REWARD_METRICS = frozenset(("mean", "std", "accuracy", "errors", "timeouts"))
+
+
+def extra_metric_name(key: str) -> str:
+    """``reward/<key>`` for a reward function's extra dict key, ``reward/fn_<key>`` where distrl's own
+    ``reward/`` metrics already use the name."""
+    return f"reward/fn_{key}" if key in OWN_REWARD_METRICS else f"reward/{key}"
 
 
 class Collector:
@@ -185,6 +206,7 @@ class Collector:
             timings=timings,
             oldest_version=int(min(stats.policy_versions)),
             samples=sum(len(rows) for _, rows in parts),
+            examples=stats.examples,
             response_tokens=sum(stats.lengths),
             prompt_tokens=sum(stats.prompt_lengths),
         )

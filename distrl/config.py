@@ -1,4 +1,4 @@
-"""The structured config: every default lives here, once; ``conf/`` only composes and overrides.
+"""The structured config: every default lives here, once; ``distrl/conf/`` only composes and overrides.
 
 The dataclasses are registered in Hydra's ConfigStore as ``distrl_schema`` so every YAML file and
 command-line override is type-checked against them. :func:`validate` checks the relations between
@@ -158,6 +158,23 @@ class AlgorithmConfig:
 
 
 @dataclass
+class LoraSettings:
+    """LoRA adapters on the policy (distrl/models/lora.py): the learner trains them only; engines and
+    checkpoints get the merged weights."""
+
+    rank: int = 0
+    """r, the adapters' rank (0: no LoRA, every weight trains)."""
+    alpha: float = 16.0
+    """α: the update is scaled by α / r."""
+    dropout: float = 0.0
+    """Dropout on the adapters' input."""
+    target_modules: list[str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    )
+    """Names of the linear layers that get adapters (Qwen2/Llama names; peft matches name suffixes)."""
+
+
+@dataclass
 class ModelConfig:
     """The policy. Without ``path`` distrl builds its tiny Qwen2-architecture model."""
 
@@ -196,8 +213,8 @@ class ModelConfig:
     at temperature 1 on the probe (0: no checks, always ``warm_start_steps``)."""
     warm_start_stop_pass_at_k: float = 0.85
     """Stop the warm start at the first check where the probe's pass@k is >= this: the model can write
-    the right answer, which is all RL needs (it turns pass@k into pass@1). With the defaults it stops at
-    step 700-900 of 1200 (benchmarks/results/default-job-calibration)."""
+    the right answer, which is all RL needs (it turns pass@k into pass@1). With the defaults seed 0 stops at
+    step 800; seeds 1 and 2 do not reach it in 1200 steps (benchmarks/results/default-job-calibration)."""
     warm_start_probe_k: int = 8
     """Samples per probe prompt for the stop rule's pass@k."""
     warm_start_probe_size: int = 64
@@ -205,16 +222,37 @@ class ModelConfig:
     nor held-out evaluation problems)."""
     cache_dir: str = "~/.cache/distrl"
     """Where built and warm-started models are cached."""
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    """LoRA: ``model.lora.rank=16`` trains rank-16 adapters instead of every weight."""
 
 
 @dataclass
 class DataConfig:
     """Prompts. Without ``train_files`` the built-in arithmetic task is used."""
 
-    train_files: list[str] = field(default_factory=list)
-    """JSONL or Parquet files in verl's layout (prompt, data_source, reward_model.ground_truth)."""
-    val_files: list[str] = field(default_factory=list)
-    """Held-out prompts for evaluation (``trainer.eval_every``), in the same formats as ``train_files``."""
+    train_files: Any = field(default_factory=list)
+    """JSONL or Parquet files in verl's layout (prompt, data_source, reward_model.ground_truth), or Hugging
+    Face datasets (a ``save_to_disk`` folder or a hub name, mapped by ``data.prompt_key`` ...): one path
+    (``data.train_files=~/data/gsm8k/train.parquet``, as verl's command lines write it) or a list
+    (``data.train_files=[a.jsonl,b.parquet]``). Typed ``Any`` so that both parse; always a list after loading."""
+    val_files: Any = field(default_factory=list)
+    """Held-out prompts for evaluation (``trainer.eval_every``), in the same formats as ``train_files``: one
+    path or a list."""
+    prompt_key: str = "prompt"
+    """Hugging Face datasets (a ``save_to_disk`` folder or a hub name in ``train_files``/``val_files``): the
+    prompt column (a string or chat messages)."""
+    answer_key: str | None = None
+    """Hugging Face datasets: the column holding the ground truth for rows without ``reward_model``
+    (``answer`` for GSM8K, ``solution`` for many TRL datasets)."""
+    data_source: str | None = None
+    """Hugging Face datasets: the ``data_source`` of rows without one (None: the dataset's name); it picks
+    the built-in verifier (``gsm8k``, ``math``, ...) when no reward function is set."""
+    train_split: str = "train"
+    """Hugging Face datasets: the split ``train_files`` reads."""
+    val_split: str = "test"
+    """Hugging Face datasets: the split ``val_files`` reads."""
+    subset: str | None = None
+    """Hub datasets: the configuration (``main`` for ``openai/gsm8k``)."""
     val_size: int = 128
     """Built-in task without ``val_files``: held-out problems, none of them a training or warm-start
     problem (0: no evaluation)."""
@@ -236,6 +274,15 @@ class DataConfig:
     (:func:`distrl.data.arithmetic.split_of`). The default job sees 3200 prompts, most once: a small set
     revisited many times is memorized by the tiny model (training reward up, held-out accuracy down)."""
 
+    def __post_init__(self) -> None:
+        """One path given for ``train_files`` / ``val_files`` becomes a one-element list."""
+        for name in ("train_files", "val_files"):
+            value = getattr(self, name)
+            if isinstance(value, str | Path):
+                setattr(self, name, [str(value)])
+            elif isinstance(value, tuple):
+                setattr(self, name, list(value))
+
 
 @dataclass
 class RolloutConfig:
@@ -253,7 +300,7 @@ class RolloutConfig:
     executor); each engine's actor then holds ``cluster.rollout.gpus`` = this many GPUs."""
     gpu_memory_utilization: float = 0.1
     """vLLM memory fraction; on the CPU build it is the fraction of host memory (``cluster=gpu`` raises
-    it for engines with a GPU of their own: conf/cluster/gpu.yaml)."""
+    it for engines with a GPU of their own: distrl/conf/cluster/gpu.yaml)."""
     enforce_eager: bool | None = None
     """Run vLLM without CUDA graphs / torch.compile. ``None``: eager on CPU (compiling there costs
     ~20 s of start-up for ~6% speed), graphs on GPU."""
@@ -279,6 +326,9 @@ class RewardConfig:
     """A sequence-classification reward model folder."""
     batched: bool = False
     """The user function takes lists (verl's batch signature) instead of one sample."""
+    style: str = "verl"
+    """The user function's signature: verl | trl (TRL's ``fn(prompts, completions, **columns) -> list[float]``,
+    always over the batch; distrl/rewards/user.py)."""
     workers: int | None = None
     """Processes the user function runs in (distrl/rewards/isolated.py): a call that hangs, exits or
     crashes fails its sample and its process is replaced; 0 runs it in the reward role's own process
@@ -369,6 +419,9 @@ class TrainerConfig:
     """Evaluate the initial policy (logged as step 0) in a run that starts from step 0."""
     eval_k: int = 8
     """Samples per held-out prompt at the rollout temperature, for ``eval/pass@1`` and ``eval/pass@k``."""
+    log_samples_every: int = 50
+    """Every this many steps, a few of the step's samples (prompt, response, ground truth, reward) go to
+    the console, ``<output_dir>/samples.jsonl`` and a wandb table (0: never)."""
     max_nonfinite_steps: int = 3
     """Stop after this many consecutive updates skipped for a NaN/inf gradient."""
     mode: str = "sync"
@@ -539,7 +592,7 @@ class Config:
 
 
 def register_configs() -> None:
-    """Register :class:`Config` as ``distrl_schema`` (``conf/config.yaml`` composes on top of it)."""
+    """Register :class:`Config` as ``distrl_schema`` (``distrl/conf/config.yaml`` composes on top of it)."""
     ConfigStore.instance().store(name="distrl_schema", node=Config)
 
 
@@ -567,6 +620,13 @@ def _check_nonnegative(cfg: Any, prefix: str, *names: str) -> None:
 def validate(cfg: Config) -> None:
     """Raise :class:`ConfigError` for a configuration that cannot run as the user meant it."""
     alg = cfg.algorithm
+    for key in ("train_files", "val_files"):
+        files = getattr(cfg.data, key)
+        _check(
+            isinstance(files, list) and all(isinstance(f, str) and f for f in files),
+            f"data.{key}={files!r} must be a path or a list of paths (data.{key}=train.parquet or "
+            f"data.{key}=[a.jsonl,b.parquet])",
+        )
     _check_name("algorithm.advantage", alg.advantage, ADVANTAGE_ESTIMATORS)
     _check_name("algorithm.policy_loss", alg.policy_loss, POLICY_LOSSES)
     _check_name("algorithm.loss_agg", alg.loss_agg, LOSS_AGGREGATIONS)
@@ -668,6 +728,8 @@ def validate(cfg: Config) -> None:
         "learner.mini_batches=4 (or learner.epochs=2)",
     )
     _check(cfg.trainer.eval_every >= 0, f"trainer.eval_every={cfg.trainer.eval_every} must be >= 0 (0: at the end)")
+    _check(cfg.trainer.log_samples_every >= 0,
+           f"trainer.log_samples_every={cfg.trainer.log_samples_every} must be >= 0 (0: never)")  # fmt: skip
     _check(cfg.trainer.eval_k >= 1, f"trainer.eval_k={cfg.trainer.eval_k} must be >= 1 (samples per held-out prompt)")
     m = cfg.model
     _check(m.warm_start_steps >= 0, f"model.warm_start_steps={m.warm_start_steps} must be >= 0 (0: no warm start)")
@@ -682,6 +744,11 @@ def validate(cfg: Config) -> None:
     _check(
         0.0 <= m.warm_start_teacher_error <= 1.0,
         f"model.warm_start_teacher_error={m.warm_start_teacher_error} must be in [0, 1] (0: a correct teacher)",
+    )
+    _check(m.lora.rank >= 0, f"model.lora.rank={m.lora.rank} must be >= 0 (0: no LoRA)")
+    _check(
+        m.lora.rank == 0 or bool(m.lora.target_modules),
+        "model.lora.target_modules is empty; name the linear layers to adapt, e.g. [q_proj,v_proj]",
     )
     _check(m.warm_start_lr > 0, f"model.warm_start_lr={m.warm_start_lr} must be > 0 (e.g. 3e-3)")
     _check(m.warm_start_probe_k >= 1, f"model.warm_start_probe_k={m.warm_start_probe_k} must be >= 1 (e.g. 8)")
@@ -814,8 +881,8 @@ def _validate_backend(cfg: Config) -> None:
         )
 
 
-#: The config folder: ``conf/`` beside the package.
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+#: The config folder, inside the package (installed with it): ``distrl/conf/``.
+CONF_DIR = Path(__file__).resolve().parent / "conf"
 
 
 def compose_config(overrides: Sequence[str] = (), *, check: bool = True) -> Config:

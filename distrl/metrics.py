@@ -38,6 +38,10 @@ METRIC_GLOSSARY: dict[str, str] = {
         "(scored 0)."
     ),
     "reward/timeouts": "Of reward/errors, the calls that ran past reward.timeout_s (their worker was replaced).",
+    "reward/<key>": (
+        "A reward function's dict return with numeric keys besides score and acc: each key's mean over the "
+        "step's samples that returned it (reward/fn_<key> where the name is one of distrl's own reward/ metrics)."
+    ),
     "response_length/mean": "Mean response length in tokens.",
     "response_length/max": "Longest response in tokens.",
     "response_length/clip_ratio": "Fraction of responses truncated at rollout.max_new_tokens.",
@@ -168,6 +172,7 @@ CONSOLE_FIELDS: tuple[tuple[str, str], ...] = (
     ("policy/entropy", "ent"),
     ("policy/clip_frac", "clip"),
     ("throughput/tokens_per_s", "tok/s"),
+    ("eval/greedy_acc", "eval"),
 )
 """(metric, short label) shown on the console, in this order, when the step logged them."""
 
@@ -195,6 +200,24 @@ def format_value(value: float) -> str:
         if abs(rounded) >= scale:
             return f"{rounded / scale:.3g}{suffix}"
     return f"{rounded:.3g}"
+
+
+def format_duration(seconds: float) -> str:
+    """``3725`` → ``"1h02m"``, ``125`` → ``"2m05s"``, ``7.4`` → ``"7s"``."""
+    seconds = round(seconds)
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
+
+
+#: Characters of a prompt or response shown in the console's samples block.
+SAMPLE_CHARS = 300
+
+
+def _clip(text: str) -> str:
+    return text if len(text) <= SAMPLE_CHARS else text[:SAMPLE_CHARS] + "…"
 
 
 def read_metrics(path: str | Path) -> list[dict]:
@@ -381,9 +404,39 @@ class MetricsLogger:
         shown = "  ".join(f"{label} {format_value(values[name])}" for name, label in CONSOLE_FIELDS if name in values)
         if self._progress is not None:
             self._progress.update(self._task, completed=step, values=shown)
-        else:
-            total = f"/{self.total_steps}" if self.total_steps > 0 else ""
-            self._console.print(f"step {step}{total}  {shown}".rstrip(), markup=False, highlight=False)
+            return
+        total = f"/{self.total_steps}" if self.total_steps > 0 else ""
+        pace = ""
+        if step > 0 and self._steps > 0:
+            per_step = (time.monotonic() - self._started) / self._steps
+            left = max(0, self.total_steps - step) * per_step
+            pace = f"  {per_step:.2f} s/step  eta {format_duration(left)}"
+        self._console.print(f"step {step}{total}{pace}  {shown}".rstrip(), markup=False, highlight=False)
+
+    def log_samples(self, step: int, rows: Sequence[Mapping[str, Any]]) -> None:
+        """A few of step ``step``'s samples (prompt, response, ground truth, score): appended to
+        ``<output_dir>/samples.jsonl`` (one object per sample, with its step), shown on the console as a
+        block, and logged to wandb as the table ``samples`` when wandb is a sink."""
+        if not rows:
+            return
+        with (self.output_dir / "samples.jsonl").open("a", encoding="utf-8") as out:
+            for row in rows:
+                out.write(json.dumps({"step": step, **row}, default=str) + "\n")
+        lines = [f"samples at step {step}:"]
+        for row in rows:
+            lines.append(f"  reward {format_value(float(row['score']))}  ground truth {row['ground_truth']!r}")
+            lines.append(f"    prompt:   {_clip(str(row['prompt']))!r}")
+            lines.append(f"    response: {_clip(str(row['response']))!r}")
+        self.print("\n".join(lines))
+        if "wandb" in self.sinks and self._wandb_run is not None:
+            try:
+                import wandb
+
+                columns = ["step", "prompt", "response", "ground_truth", "score"]
+                data = [[step, str(r["prompt"]), str(r["response"]), str(r["ground_truth"]), r["score"]] for r in rows]
+                self._wandb_run.log({"samples": wandb.Table(columns=columns, data=data)}, step=step)
+            except Exception as err:
+                self._drop_wandb(err)
 
     def print(self, message: str) -> None:
         """Print ``message`` on its own line (above the progress bar when there is one); no markup."""
@@ -428,6 +481,9 @@ class MetricsLogger:
                 summary[f"{name}/last"] = _window_mean(self._history[name][-SUMMARY_WINDOW:])
         if self._history.get("throughput/tokens_per_s"):
             summary["throughput/tokens_per_s/mean"] = _window_mean(self._history["throughput/tokens_per_s"])
+        if self._heldout:
+            best_step, best = max(self._heldout, key=lambda point: (point[1], -point[0]))
+            summary |= {f"{HELDOUT}/best": best, f"{HELDOUT}/best_step": best_step}
         if len(self._heldout) > 1:
             (first_step, first), (last_step, last) = self._heldout[0], self._heldout[-1]
             summary |= {f"{HELDOUT}/first": first, f"{HELDOUT}/last": last,
@@ -449,6 +505,9 @@ class MetricsLogger:
                 f"  held-out greedy accuracy: {first:.3f} at step {int(summary[f'{HELDOUT}/first_step'])} -> "
                 f"{last:.3f} at step {int(summary[f'{HELDOUT}/last_step'])} ({100 * (last - first):+.1f} points)"
             )
+        if f"{HELDOUT}/best" in summary:
+            best, best_step = summary[f"{HELDOUT}/best"], int(summary[f"{HELDOUT}/best_step"])
+            yield f"  best held-out greedy accuracy: {best:.3f} at step {best_step}"
 
     def __enter__(self) -> MetricsLogger:
         return self

@@ -1,6 +1,9 @@
 """Entry point: ``python -m distrl.train [hydra overrides]`` (console script ``distrl-train``).
 
-``--cfg job`` prints the composed config. Otherwise the config is validated before anything
+``--help`` lists the config groups and every key with its doc (:mod:`distrl.cli_help`; ``--hydra-help``
+for Hydra's own). ``--cfg job`` prints the composed config. ``-m`` (Hydra multirun) trains one run per
+combination of the swept values, each in its own folder ``runs/multirun/<time>/<n>`` unless
+``trainer.output_dir`` is among the swept keys. Otherwise the config is validated before anything
 starts (a bad value exits with status 2 and a message naming the field and the fix), then the
 job trains: locally on a fresh Ray instance, on the cluster when run by ``ray job submit``, or in this
 process with ``cluster.backend=inline``.
@@ -11,7 +14,9 @@ from __future__ import annotations
 import sys
 
 import hydra
-from omegaconf import DictConfig
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, open_dict
 
 from distrl.config import CONF_DIR, ConfigError, register_configs, to_config, validate
 
@@ -21,6 +26,7 @@ register_configs()
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def run(cfg: DictConfig) -> None:
     """Validate the composed config, then train."""
+    own_folder(cfg)
     try:
         config = to_config(cfg)
         validate(config)
@@ -45,8 +51,25 @@ def run(cfg: DictConfig) -> None:
             trainer.shutdown()
 
 
+def own_folder(cfg: DictConfig) -> None:
+    """In a multirun, each run trains into the folder Hydra made for it (``hydra.sweep.dir``/``subdir``)
+    unless the sweep sets ``trainer.output_dir`` itself; runs would otherwise share one folder."""
+    hydra_cfg = HydraConfig.get()
+    if hydra_cfg.mode != RunMode.MULTIRUN:
+        return
+    if any(o.lstrip("+~").startswith("trainer.output_dir=") for o in hydra_cfg.overrides.task):
+        return
+    with open_dict(cfg):
+        cfg.trainer.output_dir = hydra_cfg.runtime.output_dir
+
+
 def main() -> None:
-    """Console-script entry."""
+    """Console-script entry: ``--help`` / ``-h`` print :func:`distrl.cli_help.help_text`, else Hydra runs."""
+    if any(arg in ("--help", "-h") for arg in sys.argv[1:]):
+        from distrl.cli_help import help_text
+
+        print(help_text())
+        return
     run()
 
 

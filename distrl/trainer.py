@@ -25,7 +25,7 @@ from distrl.backends.placement import bundle_cpus, plan_gpus
 from distrl.collect import Collected, Collector, OneStepOffCollector, TrainingError
 from distrl.config import Config, RoleResources
 from distrl.data.arithmetic import make_heldout, make_problems
-from distrl.data.records import PromptRecord, PromptStream, drop_long_prompts, load_records
+from distrl.data.records import ColumnMap, PromptRecord, PromptStream, drop_long_prompts, load_records
 from distrl.evaluation import heldout_metrics
 from distrl.metrics import MetricsLogger
 from distrl.models.loading import load_tokenizer
@@ -54,6 +54,13 @@ RESTARTABLE = ("rollout", "reward", "reference")
 HELDOUT_SEED_OFFSET = 20_011
 
 
+def stage(message: str, since: float | None = None) -> None:
+    """Print a start-up stage (``distrl: <message> [<s> s]``, seconds since ``since``) at once: the
+    console's first minute of a run is the model build, the warm start and the engines' start."""
+    elapsed = f" [{time.perf_counter() - since:.1f} s]" if since is not None else ""
+    print(f"distrl: {message}{elapsed}", flush=True)
+
+
 @dataclass
 class NonFiniteGuard:
     """Counts consecutive updates skipped for a NaN/inf gradient and stops the run at ``limit``."""
@@ -71,12 +78,20 @@ class NonFiniteGuard:
             )
 
 
+def column_map(cfg: Config, split: str) -> ColumnMap:
+    """How Hugging Face dataset rows map to records (``data.prompt_key`` and its neighbours) for ``split``."""
+    d = cfg.data
+    return ColumnMap(prompt_key=d.prompt_key, answer_key=d.answer_key, data_source=d.data_source, split=split,
+                     subset=d.subset)  # fmt: skip
+
+
 def load_prompts(cfg: Config) -> list[PromptRecord]:
     """The training prompts: ``data.train_files`` or the built-in arithmetic task."""
     if not cfg.data.train_files:
         return make_problems(cfg.data.num_problems, digits=cfg.data.task_digits, seed=cfg.trainer.seed,
                              scratchpad=cfg.data.scratchpad, split="train")  # fmt: skip
-    records, skipped = load_records(cfg.data.train_files, skip_bad_rows=cfg.data.skip_bad_rows)
+    records, skipped = load_records(cfg.data.train_files, skip_bad_rows=cfg.data.skip_bad_rows,
+                                    columns=column_map(cfg, cfg.data.train_split))  # fmt: skip
     if skipped:
         print(f"distrl: skipped {skipped} malformed row(s) of data.train_files (data.skip_bad_rows=true)")
     return records
@@ -86,7 +101,8 @@ def load_eval_prompts(cfg: Config, train: list[PromptRecord]) -> list[PromptReco
     """The held-out prompts: ``data.val_files``, or with the built-in task ``data.val_size``
     problems that are neither training nor warm-start problems; none with other training data."""
     if cfg.data.val_files:
-        records, skipped = load_records(cfg.data.val_files, skip_bad_rows=cfg.data.skip_bad_rows)
+        records, skipped = load_records(cfg.data.val_files, skip_bad_rows=cfg.data.skip_bad_rows,
+                                        columns=column_map(cfg, cfg.data.val_split))  # fmt: skip
         if skipped:
             print(f"distrl: skipped {skipped} malformed row(s) of data.val_files (data.skip_bad_rows=true)")
         return records
@@ -162,14 +178,19 @@ class Trainer:
         self.startup_timeout_s = max(STARTUP_TIMEOUT_S, cfg.trainer.role_timeout_s)
         alg, c = cfg.algorithm, cfg.cluster
         # Cheap checks first: data, reward function, checkpoint — before any role starts.
+        started = time.perf_counter()
         self.records = load_prompts(cfg)
         self.eval_records = load_eval_prompts(cfg, self.records)
-        RewardScorer(cfg.reward.function, cfg.reward.model_path, cfg.reward.batched).check_data_sources(
-            {r.data_source for r in self.records + self.eval_records}
-        )
+        stage(f"data: {len(self.records)} training prompts, {len(self.eval_records)} held-out")
+        RewardScorer(
+            cfg.reward.function, cfg.reward.model_path, cfg.reward.batched, style=cfg.reward.style
+        ).check_data_sources({r.data_source for r in self.records + self.eval_records})
         self.resumed = checkpoint.resolve(cfg.trainer.resume, cfg.trainer.output_dir)
         state = checkpoint.read_state(self.resumed) if self.resumed else {}
+        stage("policy: preparing (the tiny model is built and warm-started once, then cached)"
+              if cfg.model.path is None and "initial_model" not in state else "policy: loading")  # fmt: skip
         self.initial_model = state.get("initial_model") or prepare_policy(cfg)
+        stage(f"policy ready: {self.initial_model}", started)
         tokenizer = load_tokenizer(self.initial_model, trust_remote_code=cfg.model.trust_remote_code)
         self.records, dropped = drop_long_prompts(self.records, tokenizer, cfg.data.max_prompt_len,
                                                   skip=cfg.data.skip_bad_rows)  # fmt: skip
@@ -188,7 +209,11 @@ class Trainer:
         if "data" in state:
             stream.load_state(state["data"])
         self.nonfinite = NonFiniteGuard(cfg.trainer.max_nonfinite_steps)
+        self.last_examples: list[dict] = []
 
+        roles = [f"{c.rollout_engines} rollout ({cfg.rollout.engine})", f"{c.learners} learner", "reward"]
+        roles += [f"{c.references} reference"] * alg.needs_reference + [f"{c.critics} critic"] * cfg.critic_enabled
+        stage(f"starting roles on the {c.backend} backend: {', '.join(roles)}", started)
         layout = plan_gpus(cfg, reference=alg.needs_reference, critic=cfg.critic_enabled)
         self.backend = make_backend(c.backend, num_cpus=c.num_cpus or self._cpus_needed(),
                                     timeout_s=cfg.trainer.role_timeout_s)  # fmt: skip
@@ -224,6 +249,11 @@ class Trainer:
         ``running`` (the update is under way) or ``done``."""
         self.version = self.start_step
         self.get(self.rollout.call("set_version", self.version), "rollout", self.startup_timeout_s)
+        device, budget, total = self.get(
+            self.rollout.call_rank(0, "memory_budget_gib"), "rollout", self.startup_timeout_s
+        )
+        stage(f"roles ready; each engine may use {budget:.1f} GiB of {total:.0f} GiB ({device}, "
+              f"rollout.gpu_memory_utilization={cfg.rollout.gpu_memory_utilization:g})", started)  # fmt: skip
         if self.resumed:  # the engines loaded the checkpoint's float32 weights; an unbroken run's hold the synced ones
             self.sync_weights(same_version=True)
 
@@ -292,6 +322,8 @@ class Trainer:
                                 "(continue with trainer.resume=auto)") from err  # fmt: skip
         finally:
             summary = self.metrics.close()
+            if self.last_saved:
+                self.metrics.print(f"  checkpoint: {self.last_saved}")
         return summary
 
     def checked_step(self, step: int) -> dict[str, float]:
@@ -370,6 +402,9 @@ class Trainer:
         """Log the step, watch for NaN/inf updates, checkpoint when due, refresh PVPO's values."""
         cfg = self.cfg
         self.metrics.log(step + 1, metrics)
+        every_samples = cfg.trainer.log_samples_every
+        if every_samples and (step + 1) % every_samples == 0:
+            self.metrics.log_samples(step + 1, self.last_examples)
         skipped = metrics["train/nonfinite_skipped"] + metrics.get("critic/nonfinite_skipped", 0.0)
         if skipped:
             self.metrics.print(f"distrl: step {step + 1}: NaN/inf gradient, update skipped")
@@ -421,6 +456,7 @@ class Trainer:
         started = time.perf_counter()
         with timed(timings, "generation_wait"):
             collected = self.collector.collect(step)
+            self.last_examples = collected.examples
         if self.cfg.cluster.colocate:  # the learner, reference and critic get the GPUs until the sync
             self.get(self.rollout.call("sleep"), "rollout")
         with timed(timings, "logprobs"):

@@ -55,3 +55,17 @@ def ray_local():
     ray.init(address="local", num_cpus=8, include_dashboard=False, log_to_driver=False)
     yield
     ray.shutdown()
+
+
+def train_inline(cfg) -> tuple:
+    """Train ``cfg`` to the end in this process (shut down whatever happens); the trainer and the
+    rows of its ``metrics.jsonl``."""
+    from distrl.metrics import read_metrics
+    from distrl.trainer import Trainer
+
+    trainer = Trainer(cfg)
+    try:
+        trainer.fit()
+    finally:
+        trainer.shutdown()
+    return trainer, read_metrics(trainer.metrics.jsonl_path)

@@ -11,7 +11,7 @@ from distrl.roles.batches import AdvantageSpec
 from distrl.roles.learner import PolicyObjective
 
 ROOT = Path(__file__).resolve().parent.parent
-PRESETS = sorted(p.stem for p in (ROOT / "conf" / "algorithm").glob("*.yaml"))
+PRESETS = sorted(p.stem for p in (ROOT / "distrl" / "conf" / "algorithm").glob("*.yaml"))
 
 
 def composed(*overrides: str):

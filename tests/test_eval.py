@@ -4,13 +4,13 @@ import json
 import math
 
 import pytest
+from conftest import train_inline
 
 from distrl.config import compose_config
 from distrl.evaluation import heldout_metrics
-from distrl.metrics import read_metrics
 from distrl.models.prepare import warm_start_problems
 from distrl.roles.reward import RewardSummary
-from distrl.trainer import Trainer, load_eval_prompts, load_prompts
+from distrl.trainer import load_eval_prompts, load_prompts
 
 
 def summary(group_ids: list[str], accuracy: list[float], scores: list[float]) -> RewardSummary:
@@ -58,12 +58,7 @@ def test_val_files_are_evaluated_before_training_every_k_steps_and_at_the_end(ti
     val.write_text("".join(json.dumps(r) + "\n" for r in rows))
     cfg = tiny_config("cluster.backend=inline", f"data.val_files=[{val}]", "trainer.total_steps=3",
                       "trainer.eval_every=2", "trainer.eval_k=3", "trainer.eval_before_train=true")  # fmt: skip
-    trainer = Trainer(cfg)
-    try:
-        trainer.fit()
-    finally:
-        trainer.shutdown()
-    metrics = read_metrics(trainer.metrics.jsonl_path)
+    _, metrics = train_inline(cfg)
     assert [m["step"] for m in metrics] == [0, 1, 2, 3]
     evaluated = [m["step"] for m in metrics if "eval/greedy_acc" in m]
     assert evaluated == [0, 2, 3]

@@ -200,7 +200,8 @@ def test_console_line_per_step_without_a_terminal(tmp_path: Path) -> None:
     }
     _, output = run(tmp_path, [metrics], sinks=("console",))
     line = output.splitlines()[0]
-    assert line == "step 1/1  reward 0.123  acc 0.5  len 87.2  kl 0.00123  ent 1.5  clip 0  tok/s 12.3k"
+    assert re.fullmatch(r"step 1/1  [\d.]+ s/step  eta 0s  reward 0.123  acc 0.5  len 87.2  kl 0.00123  ent 1.5  "
+                        r"clip 0  tok/s 12.3k", line), line  # fmt: skip
 
 
 def test_console_progress_bar_on_a_terminal(tmp_path: Path) -> None:

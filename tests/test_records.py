@@ -160,7 +160,6 @@ BAD_ROWS = {
     "empty data_source": json.dumps({"data_source": "", "prompt": "hi"}),
     "reward_model not a dict": json.dumps({"data_source": "x", "prompt": "hi", "reward_model": "72"}),
     "extra_info not a dict": json.dumps({"data_source": "x", "prompt": "hi", "extra_info": [1]}),
-    "ground_truth a list": json.dumps({"data_source": "x", "prompt": "hi", "reward_model": {"ground_truth": [1]}}),
 }
 
 

@@ -14,7 +14,7 @@ from distrl.metrics import METRIC_GLOSSARY, read_metrics
 from distrl.trainer import Trainer, TrainingError
 
 ROOT = Path(__file__).resolve().parent.parent
-PRESETS = sorted(p.stem for p in (ROOT / "conf" / "algorithm").glob("*.yaml"))
+PRESETS = sorted(p.stem for p in (ROOT / "distrl" / "conf" / "algorithm").glob("*.yaml"))
 SPREAD = f"reward.function={ROOT / 'tests/fixtures/coin_reward.py'}:odd_length"
 
 pytestmark = [pytest.mark.usefixtures("ray_local"), pytest.mark.ray, pytest.mark.vllm]

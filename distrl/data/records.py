@@ -8,8 +8,14 @@ A row is one JSON object: a line of a ``.jsonl`` / ``.json`` file (JSON Lines) o
      "reward_model": {"style": "rule", "ground_truth": "72"},
      "extra_info": {"split": "train", "index": 0}}
 
+Hugging Face ``datasets`` are read too: a folder written by ``Dataset.save_to_disk`` (or a
+``DatasetDict``'s, with a split) or a hub name (``openai/gsm8k``, with a split and subset); their rows are
+mapped to this layout by a :class:`ColumnMap` (the prompt column, the answer column, the data source).
+
 ``prompt`` and ``data_source`` are required; ``reward_model`` and ``extra_info`` are optional objects; other
-fields (``ability``, ...) are ignored. Every row is validated by :func:`load_records`, which the runtime calls
+fields (``ability``, ...) are ignored. ``reward_model.ground_truth`` may be any JSON value (a string, a
+number, a list of accepted answers, an object of test cases, ...) and reaches reward functions as it is,
+as in verl. Every row is validated by :func:`load_records`, which the runtime calls
 before any actor starts, so a bad dataset fails at once with the file, the row and the fix.
 """
 
@@ -19,6 +25,7 @@ import json
 import logging
 import math
 import numbers
+import re
 import reprlib
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -44,16 +51,53 @@ class PromptRecord:
     """One validated dataset row.
 
     ``prompt`` is a non-blank string or a non-empty list of chat messages (dicts whose values are strings, with
-    at least ``role`` and ``content``); ``ground_truth`` is ``reward_model["ground_truth"]`` as text (numbers are
-    converted, ``None`` when absent); ``extra_info`` is the row's object or ``{}``; ``index`` is the 0-based
-    position in the concatenation of all loaded files (skipped rows take no index).
+    at least ``role`` and ``content``); ``ground_truth`` is ``reward_model["ground_truth"]``: a number as text
+    (``72.0`` → ``"72"``; what the built-in verifiers compare), ``None`` when absent or NaN, any other JSON value
+    (a string, a list, an object, a boolean) as it is; ``extra_info`` is the row's object or ``{}``; ``index``
+    is the 0-based position in the concatenation of all loaded files (skipped rows take no index).
     """
 
     prompt: str | list[dict[str, str]]
     data_source: str
-    ground_truth: str | None
+    ground_truth: Any
     extra_info: dict
     index: int
+
+
+@dataclass(frozen=True)
+class ColumnMap:
+    """How the rows of a Hugging Face dataset become verl-layout rows (``data.prompt_key`` and its
+    neighbours): ``prompt`` from ``prompt_key``; ``reward_model`` as the row has it, else
+    ``{"ground_truth": row[answer_key]}``; ``data_source`` as the row has it, else ``data_source``, else
+    the dataset's name; ``extra_info`` as the row has it, else every other column (so TRL-style reward
+    functions get them by name). ``split``/``subset``: which split (and hub configuration) to read."""
+
+    prompt_key: str = "prompt"
+    answer_key: str | None = None
+    data_source: str | None = None
+    split: str = "train"
+    subset: str | None = None
+
+    def row(self, row: Mapping[str, Any], dataset: str) -> dict:
+        """One dataset row in verl's layout."""
+        taken = {self.prompt_key, self.answer_key, "data_source", "reward_model", "extra_info"}
+        out: dict[str, Any] = {
+            "prompt": row.get(self.prompt_key),
+            "data_source": row.get("data_source") or self.data_source or dataset,
+        }
+        if row.get("reward_model") is not None:
+            out["reward_model"] = row["reward_model"]
+        elif self.answer_key is not None:
+            out["reward_model"] = {"ground_truth": row.get(self.answer_key)}
+        info = row.get("extra_info")
+        out["extra_info"] = info if isinstance(info, Mapping) else {k: v for k, v in row.items() if k not in taken}
+        return out
+
+
+#: A hub dataset name: ``name`` or ``owner/name`` (tried when no such local path exists).
+_HUB_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+#: Files ``save_to_disk`` writes into a dataset's (or a dataset dict's) folder.
+_SAVED_MARKERS = ("dataset_info.json", "state.json", "dataset_dict.json")
 
 
 class DatasetError(ValueError):
@@ -66,23 +110,24 @@ class _BadRow(Exception):
 
 
 def load_records(
-    files: Sequence[str | Path] | str | Path, *, skip_bad_rows: bool = False
+    files: Sequence[str | Path] | str | Path, *, skip_bad_rows: bool = False, columns: ColumnMap | None = None
 ) -> tuple[list[PromptRecord], int]:
     """Read prompt rows from JSONL and Parquet files in verl's layout, file after file, in order.
 
-    Returns ``(records, number_of_skipped_rows)``. A single path is accepted as a one-file list; an empty list
+    Returns ``(records, number_of_skipped_rows)``. One path counts as a one-file list (``~`` expands); an empty list
     gives ``([], 0)``. Every path is checked (exists, is a file, supported extension) before any is read.
     Row numbers are 1-based: for JSONL they are line numbers (blank lines are ignored but counted), for Parquet
     row positions. A malformed row raises :class:`DatasetError`, or with ``skip_bad_rows`` is skipped, counted and
     reported in one warning per file. File-level problems always raise, including a file without a valid row.
     """
-    paths = [Path(files)] if isinstance(files, str | Path) else [Path(f) for f in files]
+    paths = [Path(files).expanduser()] if isinstance(files, str | Path) else [Path(f).expanduser() for f in files]
     for path in paths:
         _check_file(path)
     records: list[PromptRecord] = []
     skipped = 0
     for path in paths:
-        file_records, file_skipped = _load_file(path, first_index=len(records), skip_bad_rows=skip_bad_rows)
+        file_records, file_skipped = _load_file(path, first_index=len(records), skip_bad_rows=skip_bad_rows,
+                                                columns=columns or ColumnMap())  # fmt: skip
         records.extend(file_records)
         skipped += file_skipped
     return records, skipped
@@ -194,7 +239,18 @@ class PromptStream:
         return np.random.default_rng(self.seed + epoch).permutation(len(self.records)).tolist()
 
 
+def _kind(path: Path) -> str:
+    """``saved`` (a ``save_to_disk`` folder), ``hub`` (no such path, but a hub dataset name) or ``file``."""
+    if path.is_dir() and any((path / marker).exists() for marker in _SAVED_MARKERS):
+        return "saved"
+    if not path.exists() and path.suffix.lower() not in SUPPORTED_SUFFIXES and _HUB_NAME.match(str(path)):
+        return "hub"
+    return "file"
+
+
 def _check_file(path: Path) -> None:
+    if _kind(path) != "file":
+        return
     if not path.exists():
         raise DatasetError(f"dataset file {path} does not exist; data.train_files should point at {_SUPPORTED} files")
     if not path.is_file():
@@ -205,11 +261,13 @@ def _check_file(path: Path) -> None:
         )
 
 
-def _load_file(path: Path, *, first_index: int, skip_bad_rows: bool) -> tuple[list[PromptRecord], int]:
+def _load_file(
+    path: Path, *, first_index: int, skip_bad_rows: bool, columns: ColumnMap
+) -> tuple[list[PromptRecord], int]:
     records: list[PromptRecord] = []
     skipped = 0
     first_problem = ""
-    for row_number, row in _read_rows(path):
+    for row_number, row in _read_rows(path, columns):
         try:
             records.append(_to_record(row, index=first_index + len(records)))
         except _BadRow as bad:
@@ -229,8 +287,11 @@ def _load_file(path: Path, *, first_index: int, skip_bad_rows: bool) -> tuple[li
     return records, skipped
 
 
-def _read_rows(path: Path) -> Iterator[tuple[int, Any]]:
+def _read_rows(path: Path, columns: ColumnMap) -> Iterator[tuple[int, Any]]:
     """``(1-based row number, row)``; a JSONL row is its raw line, parsed by :func:`_to_record`."""
+    if _kind(path) != "file":
+        yield from _dataset_rows(path, columns)
+        return
     if path.suffix.lower() in PARQUET_SUFFIXES:
         yield from _parquet_rows(path)
         return
@@ -238,6 +299,36 @@ def _read_rows(path: Path) -> Iterator[tuple[int, Any]]:
         for line_number, line in enumerate(lines, start=1):
             if line.strip():
                 yield line_number, line
+
+
+def _dataset_rows(path: Path, columns: ColumnMap) -> Iterator[tuple[int, dict]]:
+    """The rows of a saved or hub Hugging Face dataset, mapped by ``columns`` (Arrow-backed: read as iterated)."""
+    try:
+        import datasets
+    except ImportError:
+        raise DatasetError(f"{path} is a Hugging Face dataset; reading it needs `pip install datasets`") from None
+    try:
+        if _kind(path) == "saved":
+            loaded = datasets.load_from_disk(str(path))
+        else:
+            loaded = datasets.load_dataset(str(path), columns.subset, split=columns.split)
+    except Exception as err:
+        raise DatasetError(f"could not read the Hugging Face dataset {path} ({type(err).__name__}: {err}); check "
+                           "the name (data.subset for a configuration) or the folder") from err  # fmt: skip
+    if isinstance(loaded, datasets.DatasetDict):
+        if columns.split not in loaded:
+            raise DatasetError(f"the dataset {path} has the splits {', '.join(loaded)}, not {columns.split!r}; set "
+                               "data.train_split / data.val_split")  # fmt: skip
+        loaded = loaded[columns.split]
+    if columns.prompt_key not in loaded.column_names:
+        raise DatasetError(f"the dataset {path} has no column {columns.prompt_key!r} (its columns: "
+                           f"{', '.join(loaded.column_names)}); set data.prompt_key")  # fmt: skip
+    if columns.answer_key is not None and columns.answer_key not in loaded.column_names:
+        raise DatasetError(f"the dataset {path} has no column {columns.answer_key!r} (its columns: "
+                           f"{', '.join(loaded.column_names)}); set data.answer_key")  # fmt: skip
+    name = path.name if _kind(path) == "saved" else str(path)
+    for number, row in enumerate(loaded, start=1):
+        yield number, columns.row(row, name)
 
 
 def _parquet_rows(path: Path) -> Iterator[tuple[int, dict]]:
@@ -327,18 +418,39 @@ def _optional_object(row: dict, key: str) -> dict:
     return value
 
 
-def _ground_truth(value: Any) -> str | None:
-    """Text of a ground truth; integral floats print as ints (72.0 → "72") and NaN counts as absent, since a
-    numeric column with missing values is stored as float."""
-    if value is None or isinstance(value, str):
-        return value
-    if isinstance(value, bool | np.bool_) or not isinstance(value, numbers.Real):
-        raise _BadRow(f"`reward_model.ground_truth` must be a string or a number, got {_describe(value)}")
+def _ground_truth(value: Any) -> Any:
+    """A row's ground truth: numbers as text (integral floats print as ints, 72.0 → "72"; NaN counts as absent,
+    since a numeric column with missing values is stored as float), any other JSON value as it is (numpy
+    arrays and scalars from Parquet as lists and Python scalars); anything JSON cannot hold is refused."""
+    if value is None or isinstance(value, str | bool | np.bool_):
+        return bool(value) if isinstance(value, np.bool_) else value
     if isinstance(value, numbers.Integral):
         return str(int(value))
-    if math.isnan(value):
-        return None
-    return str(int(value)) if float(value).is_integer() else str(float(value))
+    if isinstance(value, numbers.Real):
+        if math.isnan(value):
+            return None
+        return str(int(value)) if float(value).is_integer() else str(float(value))
+    plain = _plain(value)
+    try:
+        json.dumps(plain, allow_nan=False)
+    except (TypeError, ValueError):
+        raise _BadRow(
+            f"`reward_model.ground_truth` must be a JSON value (string, number, list, object), got {_describe(value)}"
+        ) from None
+    return plain
+
+
+def _plain(value: Any) -> Any:
+    """``value`` with numpy arrays and scalars (as Parquet readers may give them) turned into Python ones."""
+    if isinstance(value, np.ndarray):
+        return [_plain(v) for v in value.tolist()]
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
 
 
 def _describe(value: Any) -> str:

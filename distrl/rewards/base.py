@@ -10,6 +10,7 @@ import math
 import reprlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass
@@ -22,8 +23,9 @@ class Sample:
     """The decoded response (no special tokens)."""
     data_source: str
     """Which task the row comes from, e.g. ``"arithmetic"``, ``"openai/gsm8k"``, ``"lighteval/MATH"``."""
-    ground_truth: str | None
-    """The reference answer (verl's ``reward_model.ground_truth``); ``None`` when the data has none."""
+    ground_truth: Any
+    """The reference answer (verl's ``reward_model.ground_truth``) as the row holds it: text (numbers become
+    text), a list, an object, ...; ``None`` when the data has none."""
     extra_info: dict = field(default_factory=dict)
     """verl's ``extra_info`` column, passed to user functions as it is; may be empty."""
 
@@ -44,6 +46,10 @@ class ScoreResult:
     """How many of the failures ran past ``reward.timeout_s`` (user functions in worker processes)."""
     output: str | None = None
     """What user functions printed, capped (worker processes only)."""
+    extras: dict[str, list[float | None]] = field(default_factory=dict)
+    """The other numeric keys of the dicts a user function returned (``{"score": s, "format": f}`` →
+    ``extras["format"]``), one value per sample (None where that sample's dict had no such number);
+    logged as ``reward/<key>``."""
 
 
 #: The largest |score| accepted. A group's advantages are (r − mean) / std in float32: a score of
@@ -57,7 +63,8 @@ def coerce_score(value: object) -> tuple[float, float | None]:
 
     Accepted: a finite real number (int, float, bool, numpy scalar, 0-d tensor: anything ``float()``
     takes except text), or a mapping with a finite ``"score"`` and an optional ``"acc"`` (a finite
-    number or ``None``). Anything else raises ``ValueError`` naming what came back.
+    number or ``None``; its other keys: :func:`extra_numbers`). Anything else raises ``ValueError``
+    naming what came back.
     """
     if isinstance(value, Mapping):
         if "score" not in value:
@@ -66,6 +73,24 @@ def coerce_score(value: object) -> tuple[float, float | None]:
         acc = value.get("acc")
         return _finite(value["score"], "score"), None if acc is None else _finite(acc, "acc")
     return _finite(value, "score"), None
+
+
+def extra_numbers(value: object) -> dict[str, float]:
+    """The keys of a returned mapping besides ``score`` and ``acc`` whose values are finite numbers (bools
+    count as 0/1), as floats; other values (text such as verl's ``"pred"``, lists, None) are left out."""
+    if not isinstance(value, Mapping):
+        return {}
+    out = {}
+    for key, item in value.items():
+        if key in ("score", "acc") or isinstance(item, str | bytes) or not hasattr(type(item), "__float__"):
+            continue
+        try:
+            number = float(item)  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            continue
+        if math.isfinite(number):
+            out[str(key)] = number
+    return out
 
 
 def _finite(value: object, what: str) -> float:
@@ -95,6 +120,7 @@ class ResultBuilder:
         self._accuracy: list[float | None] = [None] * len(samples)
         self._errors = 0
         self._first_error: str | None = None
+        self._extras: dict[str, list[float | None]] = {}
 
     def record(self, index: int, value: object, accuracy: float | None = None) -> None:
         """Record what the scorer returned for sample ``index`` (see :func:`coerce_score`); an invalid
@@ -106,6 +132,8 @@ class ResultBuilder:
             return
         self._scores[index] = score
         self._accuracy[index] = accuracy if acc is None else acc
+        for key, number in extra_numbers(value).items():
+            self._extras.setdefault(key, [None] * len(self._samples))[index] = number
 
     def fail(self, index: int, message: str) -> None:
         """Record that sample ``index`` failed: it scores 0.0; the log text names the sample."""
@@ -120,10 +148,13 @@ class ResultBuilder:
     def _mark_failed(self, index: int, log_text: str) -> None:
         self._scores[index] = 0.0
         self._accuracy[index] = None
+        for values in self._extras.values():
+            values[index] = None
         self._errors += 1
         if self._first_error is None:
             self._first_error = log_text
 
     def result(self) -> ScoreResult:
         """The collected :class:`ScoreResult`."""
-        return ScoreResult(list(self._scores), list(self._accuracy), self._errors, self._first_error)
+        return ScoreResult(list(self._scores), list(self._accuracy), self._errors, self._first_error,
+                           extras={key: list(values) for key, values in self._extras.items()})  # fmt: skip

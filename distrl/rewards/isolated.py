@@ -26,7 +26,7 @@ from multiprocessing.connection import Connection, wait
 from typing import Any
 
 from distrl.rewards.base import ResultBuilder, Sample, ScoreResult
-from distrl.rewards.user import batch_kwargs, check_batch_values, load_user_function, run_coroutine, sample_kwargs
+from distrl.rewards.user import call_kwargs, load_user_function, record_batch, run_coroutine, sample_kwargs
 
 #: Bytes of the functions' printed output kept per batch (the rest is counted and dropped).
 OUTPUT_CAP = 8192
@@ -116,8 +116,11 @@ class _Output:
 class IsolatedScorer:
     """Scores with the user function ``spec`` in ``workers`` processes (see the module docstring)."""
 
-    def __init__(self, spec: str, *, batched: bool, workers: int, timeout_s: float, memory_mb: int | None) -> None:
-        self.spec, self.batched, self.timeout_s, self.memory_mb = spec, batched, timeout_s, memory_mb
+    def __init__(
+        self, spec: str, *, batched: bool, workers: int, timeout_s: float, memory_mb: int | None, style: str = "verl"
+    ) -> None:
+        self.spec, self.batched, self.timeout_s, self.memory_mb = spec, batched or style == "trl", timeout_s, memory_mb
+        self.style = style
         self.context = multiprocessing.get_context("spawn")
         self.output = _Output()
         self.workers = [self._start() for _ in range(workers)]
@@ -154,7 +157,7 @@ class IsolatedScorer:
         """Scores in order; every sample gets an answer within about ``timeout_s`` of its call starting."""
         builder = ResultBuilder(samples)
         if self.batched:
-            calls = [(-1, batch_kwargs(samples))] if samples else []
+            calls = [(-1, call_kwargs(samples, self.style))] if samples else []
         else:
             calls = [(i, sample_kwargs(s)) for i, s in enumerate(samples)]
         timeouts = self._run(calls, builder, len(samples))
@@ -197,7 +200,7 @@ class IsolatedScorer:
         if status == "error":
             self._fail(index, builder, value)
         elif index == -1:
-            _record_batch(value, builder, count)
+            record_batch(value, builder, count, self.style)
         else:
             builder.record(index, value)
 
@@ -214,12 +217,3 @@ class IsolatedScorer:
             w.process.kill()
             w.conn.close()
         self.workers = []
-
-
-def _record_batch(values: Any, builder: ResultBuilder, count: int) -> None:
-    problem = check_batch_values(values, count)
-    if problem:
-        builder.fail_all(problem)
-        return
-    for index, value in enumerate(values):
-        builder.record(index, value)

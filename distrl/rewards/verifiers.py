@@ -1,6 +1,7 @@
 """Built-in verifiers: ``fn(response, ground_truth) -> 1.0 | 0.0``, chosen by the sample's ``data_source``.
 
-The score doubles as the accuracy. :data:`BUILTIN_VERIFIERS` maps each ``data_source`` to its verifier:
+The score doubles as the accuracy, except ``math_dapo``'s, which returns ``{"score": ±1, "acc": 1 | 0}``.
+:data:`BUILTIN_VERIFIERS` maps each ``data_source`` to its verifier:
 
 - ``arithmetic`` — the built-in task: the response, stripped of surrounding whitespace, must equal
   the ground truth exactly (``"46"`` and ``" 46\\n"`` match ``"46"``; ``"046"`` and ``"46x"`` do not).
@@ -17,6 +18,10 @@ The score doubles as the accuracy. :data:`BUILTIN_VERIFIERS` maps each ``data_so
   solution containing ``\\boxed{...}``. Answers match when their normalized LaTeX strings are equal
   (see :func:`normalize_math_answer`) or, when the ``math_verify`` package is installed, when
   ``math_verify.verify`` judges them equivalent (``0.5`` and ``\\frac{1}{2}`` match only then).
+- ``math_dapo`` — DAPO-Math-17k's format: the answer is the text after the last ``Answer:`` in the
+  response's last 300 characters (the prompt asks for a last line ``Answer: $Answer``), unboxed and
+  normalized like ``math``; numbers compare by value (``34.0`` matches ``34``). As in the DAPO paper
+  the score is +1 when it matches and −1 otherwise (no ``Answer:`` too), with accuracy 1/0.
 - ``code``, ``codecontests``, ``apps``, ``codeforces``, ``taco`` — the response's program must pass
   the ground truth's test cases (stdin/stdout pairs, function calls, or asserts), each run in a
   sandbox process (:mod:`distrl.rewards.sandbox`, which says what it does and does not protect against).
@@ -157,7 +162,31 @@ def verify_math(response: str, ground_truth: str) -> float:
     return 1.0 if math_verify is not None and _math_verify_equal(math_verify, answer, truth) else 0.0
 
 
-BUILTIN_VERIFIERS: dict[str, Callable[[str, str], float]] = {
+_DAPO_ANSWER = re.compile(r"answer\s*:\s*([^\n]*)", re.IGNORECASE)
+#: How much of the response's end ``math_dapo`` searches for ``Answer:`` (the format puts it on the last line).
+DAPO_TAIL_CHARS = 300
+
+
+def _as_number(text: str) -> float | None:
+    try:
+        return float(text.replace(",", ""))
+    except ValueError:
+        return None
+
+
+def verify_math_dapo(response: str, ground_truth: str) -> dict[str, float]:
+    """``{"score": 1.0, "acc": 1.0}`` iff the answer after the last ``Answer:`` near the response's end
+    matches the ground truth, else ``{"score": -1.0, "acc": 0.0}`` (see the module doc)."""
+    found = _DAPO_ANSWER.findall(response[-DAPO_TAIL_CHARS:])
+    answer = normalize_math_answer(last_boxed_answer(found[-1]) or found[-1]) if found else ""
+    truth = normalize_math_answer(last_boxed_answer(ground_truth) or ground_truth)
+    a, t = _as_number(answer), _as_number(truth)
+    same_number = a is not None and t is not None and abs(a - t) <= 1e-9 * max(1.0, abs(t))
+    right = bool(answer) and (answer == truth or same_number)
+    return {"score": 1.0 if right else -1.0, "acc": 1.0 if right else 0.0}
+
+
+BUILTIN_VERIFIERS: dict[str, Callable[[str, str], float | dict[str, float]]] = {
     "arithmetic": verify_arithmetic,
     "arithmetic_scratchpad": verify_arithmetic_scratchpad,
     "gsm8k": verify_gsm8k,
@@ -166,6 +195,10 @@ BUILTIN_VERIFIERS: dict[str, Callable[[str, str], float]] = {
     "lighteval/MATH": verify_math,
     "DigitalLearningGmbH/MATH-lighteval": verify_math,
     "HuggingFaceH4/MATH-500": verify_math,
+    "math_dapo": verify_math_dapo,
     **dict.fromkeys(("code", "codecontests", "apps", "codeforces", "taco"), verify_code),
 }
-"""``data_source`` -> verifier ``fn(response, ground_truth) -> 1.0 | 0.0``."""
+"""``data_source`` -> verifier ``fn(response, ground_truth) -> 1.0 | 0.0`` (``math_dapo``: a score/acc dict)."""
+
+#: The data sources whose verifier takes a ground truth that is not text (a list or object of test cases).
+STRUCTURED_GROUND_TRUTH = frozenset(("code", "codecontests", "apps", "codeforces", "taco"))

@@ -15,7 +15,7 @@ import functools
 import itertools
 import math
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +35,7 @@ from distrl.data.batch import TrajectoryBatch, shard_bounds
 from distrl.models.flat import FlatLayout, FlatWeights, TensorFlat
 from distrl.models.forward import response_logprobs, stack_rows
 from distrl.models.loading import load_policy, load_tokenizer, set_gradient_checkpointing
+from distrl.models.lora import attach_lora, merged, merged_shapes
 from distrl.roles.fsdp import FULL_STATE, leave_group, shard_model
 from distrl.roles.resources import actor_device, sharing_cores
 from distrl.roles.timing import BusyClock, busy
@@ -114,6 +115,10 @@ class Learner(BusyClock):
         model = load_policy(self.model_path, "float32", trust_remote_code=self.cfg.model.trust_remote_code).to(
             self.device
         )
+        lora = self.cfg.model.lora
+        self.lora_scale = lora.alpha / lora.rank if lora.rank > 0 else None
+        if lora.rank > 0:
+            model = attach_lora(model, lora)
         set_gradient_checkpointing(model, self.cfg.gradient_checkpointing)
         self.model, self.compute = shard_model(
             model, precision=self.cfg.learner.precision, device=self.device,
@@ -121,14 +126,14 @@ class Learner(BusyClock):
         )  # fmt: skip
         learner = self.cfg.learner
         self.optimizer, self.scheduler = make_optimizer(
-            self.model.parameters(),
+            [p for p in self.model.parameters() if p.requires_grad],
             lr=self.cfg.learner_lr,
             weight_decay=learner.weight_decay,
             warmup_steps=learner.warmup_steps,
             total_steps=self.cfg.trainer.total_steps * learner.epochs * learner.mini_batches,
             schedule=learner.lr_schedule,
         )
-        if optimizer_state is not None:
+        if optimizer_state is not None and self.lora_scale is None:  # LoRA resumes from the merged weights
             saved = torch.load(optimizer_state, map_location="cpu", weights_only=True)  # a crafted file cannot run code
             set_optimizer_state_dict(self.model, self.optimizer, saved["optimizer"], options=FULL_STATE)
             self.scheduler.load_state_dict(saved["scheduler"])
@@ -247,27 +252,27 @@ class Learner(BusyClock):
     def state_dict(self, dtype: str) -> FlatWeights | None:
         """The full weights on rank 0 as one flat buffer in ``dtype`` (a collective: every rank must
         call it). Each sharded tensor is gathered and copied (cast, to CPU) into its slot in turn."""
-        state = self.model.state_dict()
-        flat = (
-            FlatWeights.allocate({k: v.shape for k, v in state.items()}, getattr(torch, dtype))
-            if self.rank == 0
-            else None
-        )
-        for i, full in enumerate(self._full_tensors(state)):
+        flat = FlatWeights.allocate(self._shapes(), getattr(torch, dtype)) if self.rank == 0 else None
+        for i, (_, full) in enumerate(self._full_tensors()):
             if flat is not None:
                 flat.view(i).copy_(full)
         return flat
 
-    @staticmethod
-    def _full_tensors(state: dict[str, torch.Tensor]):
-        """Each tensor of ``state`` whole, in order (every rank must iterate: a sharded tensor's
-        gather is a collective)."""
-        for tensor in state.values():
-            yield (tensor.full_tensor() if isinstance(tensor, DTensor) else tensor).detach()
+    def _shapes(self) -> dict[str, torch.Size]:
+        """The names and shapes of the weights engines load (with LoRA: the merged ones)."""
+        shapes = ((k, v.shape) for k, v in self.model.state_dict().items())
+        return merged_shapes(shapes) if self.lora_scale is not None else dict(shapes)
+
+    def _full_tensors(self) -> Iterator[tuple[str, torch.Tensor]]:
+        """(name, tensor) of the weights engines load, each whole, in order (every rank must iterate:
+        a sharded tensor's gather is a collective); with LoRA the adapters are merged in."""
+        state = self.model.state_dict()
+        whole = ((k, (v.full_tensor() if isinstance(v, DTensor) else v).detach()) for k, v in state.items())
+        return merged(whole, self.lora_scale) if self.lora_scale is not None else whole
 
     def weight_layout(self, dtype: str) -> FlatLayout:
         """The layout of :meth:`state_dict`'s buffer (names, shapes, offsets), without gathering."""
-        return FlatLayout.for_shapes({k: v.shape for k, v in self.model.state_dict().items()}, getattr(torch, dtype))
+        return FlatLayout.for_shapes(self._shapes(), getattr(torch, dtype))
 
     def weights_update(self, dtype: str, full: bool = False) -> tuple[WeightUpdate | None, int]:
         """The next weight sync's payload on rank 0 (a collective) and its size in bytes: the whole
@@ -295,11 +300,8 @@ class Learner(BusyClock):
         """The whole weights in ``dtype`` gathered on every rank into a buffer on this rank's device,
         and a handle the engine on the same GPU (or host) opens (``cluster.weight_sync=ipc``; a
         collective). The buffer lives until :meth:`release_shared`."""
-        state = self.model.state_dict()
-        flat = FlatLayout.for_shapes({k: v.shape for k, v in state.items()}, getattr(torch, dtype)).empty_tensor(
-            self.device
-        )
-        for (_, view), full in zip(flat.items(), self._full_tensors(state), strict=True):
+        flat = FlatLayout.for_shapes(self._shapes(), getattr(torch, dtype)).empty_tensor(self.device)
+        for (_, view), (_, full) in zip(flat.items(), self._full_tensors(), strict=True):
             view.copy_(full)
         self.shared = flat
         return SharedWeights.share(flat)
@@ -312,13 +314,22 @@ class Learner(BusyClock):
 
     def save(self, folder: str) -> tuple[str, dict[str, list]] | None:
         """Write a Hugging Face folder (weights, config, tokenizer) plus ``optimizer.pt`` (a collective;
-        rank 0 writes); rank 0 returns its node and the files' sizes and hashes (:func:`checkpoint.seal`)."""
+        rank 0 writes); rank 0 returns its node and the files' sizes and hashes (:func:`checkpoint.seal`).
+        With LoRA the folder holds the merged weights (what engines and a resumed run load) and
+        ``adapter/`` the adapters alone (peft's format)."""
         weights = get_model_state_dict(self.model, options=FULL_STATE)
         optim = get_optimizer_state_dict(self.model, self.optimizer, options=FULL_STATE)
         if self.rank != 0:
             return None
         path = Path(folder)
-        self.model.save_pretrained(path, state_dict=weights, safe_serialization=True)
+        if self.lora_scale is not None:
+            self.model.save_pretrained(path / "adapter", state_dict=weights, safe_serialization=True)
+            base = self.model.get_base_model()
+            base.save_pretrained(
+                path, state_dict=dict(merged(weights.items(), self.lora_scale)), safe_serialization=True
+            )
+        else:
+            self.model.save_pretrained(path, state_dict=weights, safe_serialization=True)
         load_tokenizer(self.model_path, trust_remote_code=self.cfg.model.trust_remote_code).save_pretrained(path)
         torch.save({"optimizer": optim, "scheduler": self.scheduler.state_dict()}, path / "optimizer.pt")
         return socket.gethostname(), checkpoint.seal(path, path)

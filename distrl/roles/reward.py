@@ -4,7 +4,8 @@ the few numbers per sample the controller reads (for dynamic sampling and metric
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 
 import torch
 
@@ -35,6 +36,15 @@ class RewardSummary:
     timeouts: int
     """Of those, the calls past ``reward.timeout_s``."""
     first_error: str | None
+    extras: dict[str, list[float]] = field(default_factory=dict)
+    """A user function's other numeric dict keys per sample (NaN where a sample had none), for ``reward/<key>``."""
+    examples: list[dict] = field(default_factory=list)
+    """The first :data:`EXAMPLES_PER_BATCH` samples as text (prompt, response, ground truth, score), for
+    ``trainer.log_samples_every``."""
+
+
+#: Samples of each scored batch the controller receives as text (:attr:`RewardSummary.examples`).
+EXAMPLES_PER_BATCH = 2
 
 
 class Reward(BusyClock):
@@ -44,7 +54,8 @@ class Reward(BusyClock):
         self.cfg = cfg
         r = cfg.reward
         isolation = Isolation(cfg.reward_workers, r.timeout_s, r.memory_mb)
-        self.scorer = RewardScorer(function=r.function, model_path=r.model_path, batched=r.batched, isolation=isolation)
+        self.scorer = RewardScorer(function=r.function, model_path=r.model_path, batched=r.batched, isolation=isolation,
+                                   style=r.style)  # fmt: skip
 
     @busy("reward")
     def score(self, batch: TrajectoryBatch) -> tuple[TrajectoryBatch, RewardSummary]:
@@ -86,6 +97,16 @@ class Reward(BusyClock):
             errors=result.errors,
             timeouts=result.timeouts,
             first_error=result.first_error,
+            extras={key: [math.nan if v is None else v for v in values] for key, values in result.extras.items()},
+            examples=[
+                {
+                    "prompt": m["prompt_texts"][i],
+                    "response": m["response_texts"][i],
+                    "ground_truth": m["ground_truths"][i],
+                    "score": result.scores[i],
+                }
+                for i in range(min(EXAMPLES_PER_BATCH, len(result.scores)))
+            ],
         )
         if result.output:
             print(result.output, flush=True)

@@ -367,6 +367,18 @@ class Rollout(BusyClock):
         """The policy version the loaded weights belong to (a resumed run starts past 0)."""
         self.version = version
 
+    def memory_budget_gib(self) -> tuple[str, float, float]:
+        """(device, GiB the engine may use, the device's GiB): ``rollout.gpu_memory_utilization`` of the
+        GPU it runs on, or of the host's memory on CPU (vLLM's CPU build reads the fraction that way)."""
+        import torch
+
+        if torch.cuda.is_available():
+            device, total = torch.cuda.get_device_name(0), torch.cuda.get_device_properties(0).total_memory
+        else:
+            device, total = "cpu", os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        gib = total / 2**30
+        return device, self.cfg.gpu_memory_utilization * gib, gib
+
     @busy("weight_load")
     def load_weights(self, weights: WeightUpdate | SharedWeights | FlatWeights, version: int) -> int:
         """Load the learner's update (Ray resolves the object reference, zero-copy), its weights in

@@ -84,3 +84,20 @@ def test_the_careless_teacher_drops_carries_in_about_its_error_rate_and_the_prob
     assert all(pairs[i][1] == supervised_target(p) for i, p in enumerate(problems) if i not in set(carries))
     assert teacher_pairs(problems, 0.0, seed=0) == [(p.prompt, supervised_target(p)) for p in problems]
     assert teacher_pairs(problems, 0.7, seed=0) == pairs  # reproducible: the cache key depends on it
+
+
+def test_each_problem_gets_its_own_teacher_draws_so_both_answers_are_taught_for_most_carry_prompts():
+    from distrl.data.arithmetic import careless_sum
+    from distrl.models.prepare import supervised_target, teacher_pairs
+
+    problems = warm_start_problems(compose_config([]))
+    pairs = teacher_pairs(problems, 0.7, seed=0, per_problem=8)
+    assert len(pairs) == 8 * len(problems)
+    assert [prompt for prompt, _ in pairs[::8]] == [p.prompt for p in problems]
+    careless = [str(careless_sum(p.extra_info["a"], p.extra_info["b"])) for p in problems]
+    carries = [i for i, p in enumerate(problems) if careless[i] != p.ground_truth]
+    taught = [[answer for _, answer in pairs[8 * i : 8 * i + 8]] for i in carries]
+    both = [set(t) == {supervised_target(problems[i]), careless[i]} for t, i in zip(taught, carries, strict=True)]
+    assert sum(both) / len(carries) > 0.9  # 1 - 0.7**8 - 0.3**8 = 0.94 of carry prompts
+    wrong = sum(a == careless[i] for t, i in zip(taught, carries, strict=True) for a in t)
+    assert 0.67 < wrong / (8 * len(carries)) < 0.73

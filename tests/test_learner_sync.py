@@ -238,14 +238,21 @@ def test_two_fsdp_critic_ranks_give_the_same_values_and_update_as_one(tiny_confi
             batch.token["returns"] = torch.full_like(values, 0.5) * batch.response_mask
             metrics = backend.get(group.call("update", batch, 0), "critic")
             backend.get(group.call("save", str(tmp_path / f"ranks{count}")), "critic")
-            results[count] = (values, metrics, torch.load(tmp_path / f"ranks{count}" / "critic" / "critic.pt"))
+            folder = tmp_path / f"ranks{count}" / "critic"
+            moments = torch.load(folder / "critic_optimizer.pt")["optimizer"]["state"]
+            results[count] = (values, metrics, torch.load(folder / "critic.pt"), moments)
         finally:
             group.shutdown()
-    (v1, m1, w1), (v2, m2, w2) = results[1], results[2]
+    (v1, m1, w1, s1), (v2, m2, w2, s2) = results[1], results[2]
     assert torch.equal(v1, v2)  # the zero head: 0 everywhere, split by rank and put back in order
     loss2 = sum(m["critic/loss"] for m in m2) / 2
     assert m1[0]["critic/loss"] == pytest.approx(loss2, rel=0.2)  # each rank's mean over its own shard
     initial = load_critic(path).state_dict()
     assert max(float((w1[k] - initial[k]).abs().max()) for k in w1) > 1e-3  # the update moved the critic
-    for name in w1:  # the same update from one rank and from two (up to float summation order)
-        assert torch.allclose(w1[name], w2[name], atol=1e-4), name
+    for name in w1:  # the same gradient from one rank and from two (up to float summation order) ...
+        g1, g2 = s1[name]["exp_avg"], s2[name]["exp_avg"]
+        assert torch.allclose(g1, g2, rtol=1e-3, atol=1e-6 * float(g1.abs().max())), name
+        # ... so the same step, where the gradient's sign is not float noise: Adam's first step is
+        # lr * sign(g) for |g| >> eps, which a near-zero component can flip by summation order alone
+        settled = g1.abs() > 1e-4 * float(g1.abs().max())
+        assert torch.allclose(w1[name][settled], w2[name][settled], atol=1e-4), name

@@ -40,3 +40,17 @@ def test_a_folder_must_exist_and_hold_a_config(tmp_path):
         check_model_path(str(tmp_path / "absent"))
     with pytest.raises(FileNotFoundError, match=r"has no config\.json"):
         check_model_path(str(tmp_path))
+
+
+def test_the_critic_head_has_no_dropout_so_its_values_in_training_mode_are_a_function_of_the_input(tmp_path):
+    import torch
+
+    from distrl.models.loading import load_critic
+    from distrl.models.tiny import build_tiny_model
+
+    build_tiny_model(tmp_path, hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64, seed=0)
+    critic = load_critic(str(tmp_path))
+    torch.nn.init.normal_(critic.score.weight)  # a trained head: dropout before it would show
+    critic.train()
+    ids = torch.tensor([[3, 4, 5, 6, 7, 8]])
+    assert torch.equal(critic(input_ids=ids).logits, critic(input_ids=ids).logits)

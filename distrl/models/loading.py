@@ -82,9 +82,13 @@ def load_policy(path: str, dtype: str = "float32", *, trust_remote_code: bool = 
 
 def load_critic(path: str, dtype: str = "float32", *, trust_remote_code: bool = False) -> PreTrainedModel:
     """The policy's backbone with a fresh one-output head: a token-classification model whose
-    logit at each position is V(state). The head starts at zero, so initial values are 0."""
+    logit at each position is V(state). The head starts at zero, so initial values are 0, and has no
+    dropout (transformers puts 0.1 before a token-classification head by default, which would make V a
+    random regression target and the update differ with the number of ranks)."""
+    config = AutoConfig.from_pretrained(path, num_labels=1, trust_remote_code=trust_remote_code)
+    config.classifier_dropout = 0.0
     model = AutoModelForTokenClassification.from_pretrained(
-        path, num_labels=1, dtype=DTYPES[dtype], trust_remote_code=trust_remote_code
+        path, config=config, dtype=DTYPES[dtype], trust_remote_code=trust_remote_code
     )
     head = model.score if hasattr(model, "score") else model.classifier
     torch.nn.init.zeros_(head.weight)

@@ -425,8 +425,10 @@ def test_the_careless_teacher_forgets_every_carry(a, b, careless, worked):
 
 def test_splits_are_fixed_by_the_prompt_and_cover_the_task_in_tenths():
     prompts = [f"{a}+{b}=" for a in range(100) for b in range(100)]
-    counts = {name: sum(split_of(p) == name for p in prompts) for name in ("heldout", "train", "warm_start")}
+    counts = {name: sum(split_of(p) == name for p in prompts) for name in ("heldout", "train", "probe", "warm_start")}
+    assert sum(counts.values()) == len(prompts)
     assert 0.08 < counts["heldout"] / len(prompts) < 0.12 and 0.27 < counts["train"] / len(prompts) < 0.33
+    assert 0.08 < counts["probe"] / len(prompts) < 0.12 and 0.47 < counts["warm_start"] / len(prompts) < 0.53
     drawn = make_problems(200, digits=2, seed=1, split="train")
     assert {split_of(r.prompt) for r in drawn} == {"train"}
     assert [r.prompt for r in drawn] == [r.prompt for r in make_problems(200, digits=2, seed=1, split="train")]

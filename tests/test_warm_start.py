@@ -34,6 +34,30 @@ def test_warm_start_stops_at_the_first_passing_check_and_keys_the_cache_by_the_r
     assert other != out
 
 
+def test_watched_pairs_are_recorded_at_every_check_but_never_stop_the_warm_start(tmp_path, monkeypatch):
+    base = build_tiny_model(tmp_path / "base", hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64)
+    pairs = [(f"{a}+{b}=", str(a + b)) for a in range(5) for b in range(5)]
+    probe_pairs, watch_pairs = pairs[:3], pairs[3:6]
+    seen = []
+
+    def measure(model, tokenizer, measured, **kwargs):
+        seen.append(list(measured))
+        return (0.5, 1.0) if list(measured) == watch_pairs else (0.0, 0.1)  # the watch set would pass
+
+    monkeypatch.setattr(ws, "probe", measure)
+    rule = ws.StopRule(check_every=2, stop_pass_at_k=0.6, probe_k=4)
+    out = ws.warm_start(base, pairs, tmp_path / "cache", steps=4, batch_size=4, probe_pairs=probe_pairs, rule=rule,
+                        watch_pairs=watch_pairs)  # fmt: skip
+    record = json.loads((out / "warm_start.json").read_text())
+    assert record["stopped_at"] == 4 and [c["step"] for c in record["checks"]] == [2, 4]
+    assert [c["watch_greedy_acc"] for c in record["checks"]] == [0.5, 0.5]
+    assert [c["watch_pass@4"] for c in record["checks"]] == [1.0, 1.0]
+    assert seen == [probe_pairs, watch_pairs] * 2
+    unwatched = ws.warm_start(base, pairs, tmp_path / "cache", steps=4, batch_size=4, probe_pairs=probe_pairs,
+                              rule=rule)  # fmt: skip
+    assert unwatched != out  # a record with the watch set is not served for a run without it
+
+
 def test_probe_measures_greedy_accuracy_and_pass_at_k(tmp_path):
     base = build_tiny_model(tmp_path / "base", hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64)
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -43,15 +67,39 @@ def test_probe_measures_greedy_accuracy_and_pass_at_k(tmp_path):
     assert 0.0 <= greedy <= 1.0 and 0.0 <= pass_k <= 1.0
 
 
-def test_warm_start_and_probe_problems_avoid_the_rl_training_prompts():
+def test_warm_start_and_probe_problems_avoid_the_rl_training_and_heldout_prompts():
     cfg = compose_config([])
-    from distrl.trainer import load_prompts
+    from distrl.trainer import load_eval_prompts, load_prompts
 
-    training = {p.prompt for p in load_prompts(cfg)}
-    problems = warm_start_problems(cfg)
-    assert problems and not training & {p.prompt for p in problems}
-    probe = probe_problems(cfg, problems)
-    assert len({p.prompt for p in probe}) == cfg.model.warm_start_probe_size
+    records = load_prompts(cfg)
+    training, heldout = {p.prompt for p in records}, {p.prompt for p in load_eval_prompts(cfg, records)}
+    problems = {p.prompt for p in warm_start_problems(cfg)}
+    probe = {p.prompt for p in probe_problems(cfg)}
+    assert problems and not training & problems and not heldout & problems
+    assert len(probe) == cfg.model.warm_start_probe_size
+    assert not probe & (training | heldout | problems)
+
+
+def test_the_probe_is_drawn_like_the_heldout_set_so_it_is_no_easier():
+    """The stop rule reads the probe as a forecast of held-out pass@k: the probe must not be made of
+    easier problems (the old probe, the last distinct warm-start problems, was a quarter single-digit sums
+    against a tenth of the held-out set, and read pass@8 0.875 where held-out pass@8 was 0.71)."""
+    from distrl.data.arithmetic import careless_sum
+    from distrl.trainer import load_eval_prompts, load_prompts
+
+    def single_digit(records):
+        return sum(r.extra_info["a"] < 10 and r.extra_info["b"] < 10 for r in records) / len(records)
+
+    def carrying(records):
+        return sum(careless_sum(r.extra_info["a"], r.extra_info["b"]) != int(r.ground_truth) for r in records) / len(
+            records
+        )
+
+    for seed in (0, 1, 2):
+        cfg = compose_config([f"trainer.seed={seed}", "model.warm_start_probe_size=128"])
+        probe, heldout = probe_problems(cfg), load_eval_prompts(cfg, load_prompts(cfg))
+        assert single_digit(probe) <= single_digit(heldout) + 0.03
+        assert carrying(probe) >= carrying(heldout) - 0.05
 
 
 @pytest.mark.parametrize(
@@ -61,6 +109,7 @@ def test_warm_start_and_probe_problems_avoid_the_rl_training_prompts():
         ("model.warm_start_check_every=-1", "model.warm_start_check_every=-1 must be >= 0"),
         ("model.warm_start_probe_k=0", "model.warm_start_probe_k=0 must be >= 1"),
         ("model.warm_start_teacher_error=1.2", "model.warm_start_teacher_error=1.2 must be in"),
+        ("model.warm_start_weight_decay=-0.1", "model.warm_start_weight_decay=-0.1 must be >= 0"),
     ],
 )
 def test_out_of_range_stop_rule_settings_are_refused(override, message):

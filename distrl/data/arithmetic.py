@@ -20,13 +20,13 @@ from distrl.data.records import PromptRecord
 DATA_SOURCE = "arithmetic"
 SCRATCHPAD_SOURCE = "arithmetic_scratchpad"
 #: Each problem's split, by a hash of its prompt (:func:`split_of`): tenths of the problem space.
-SPLIT_TENTHS = {"heldout": range(0, 1), "train": range(1, 4), "warm_start": range(4, 10)}
+SPLIT_TENTHS = {"heldout": range(0, 1), "train": range(1, 4), "probe": range(4, 5), "warm_start": range(5, 10)}
 
 
 def split_of(prompt: str) -> str:
-    """The split ``prompt`` belongs to, fixed by its SHA-256 (10% ``heldout``, 30% ``train``, 60%
-    ``warm_start``): the three sets never share a problem and each follows the task's distribution,
-    whatever the seeds and sizes."""
+    """The split ``prompt`` belongs to, fixed by its SHA-256 (10% ``heldout``, 30% ``train``, 10% ``probe``,
+    the warm start's stop rule's, 50% ``warm_start``): the sets never share a problem and each follows the
+    task's distribution, whatever the seeds and sizes."""
     tenth = int(hashlib.sha256(prompt.encode()).hexdigest()[:8], 16) % 10
     return next(name for name, tenths in SPLIT_TENTHS.items() if tenth in tenths)
 

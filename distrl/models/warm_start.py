@@ -111,20 +111,24 @@ def warm_start(
     steps: int,
     batch_size: int = 64,
     lr: float = 3e-3,
+    weight_decay: float = 0.0,
     seed: int = 0,
     probe_pairs: Sequence[tuple[str, str]] = (),
     rule: StopRule = StopRule(),
+    watch_pairs: Sequence[tuple[str, str]] = (),
 ) -> Path:
     """Fine-tune ``base_path`` on ``pairs`` (cross-entropy on the answers) for at most ``steps`` steps,
     stopping early by ``rule`` on ``probe_pairs`` (none: never early), or reuse the cached result.
     The learning rate warms up linearly over 20 steps and decays linearly to 0 at ``steps``.
+    ``watch_pairs`` (a calibration's held-out set) are probed at every check beside the probe and recorded
+    as ``watch_greedy_acc`` and ``watch_pass@k``; they never stop the run.
 
     Returns the folder of the warm-started model (weights, config, tokenizer, ``warm_start.json``).
     """
     base_path = Path(base_path)
-    hyper = {"steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed}
+    hyper = {"steps": steps, "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay, "seed": seed}
     if probe_pairs and rule.check_every > 0:
-        hyper |= {"probe": [list(p) for p in probe_pairs], **asdict(rule)}
+        hyper |= {"probe": [list(p) for p in probe_pairs], "watch": [list(p) for p in watch_pairs], **asdict(rule)}
     out = Path(cache_dir) / cache_key(base_path, pairs, **hyper)
     if (out / "model.safetensors").exists():
         report(out)
@@ -132,19 +136,27 @@ def warm_start(
     torch.manual_seed(seed)
     tokenizer = AutoTokenizer.from_pretrained(base_path)
     model = AutoModelForCausalLM.from_pretrained(base_path)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / 20) * (1 - s / steps))
     generator = torch.Generator().manual_seed(seed)
     model.train()
     checks: list[dict[str, float]] = []
     stopped = steps
+
+    def check(step: int) -> float:
+        """Probe (and watch) at ``step``, record it; the probe's pass@k."""
+        greedy, pass_k = probe(model, tokenizer, probe_pairs, k=rule.probe_k, seed=seed + step)
+        checks.append({"step": step, "greedy_acc": greedy, f"pass@{rule.probe_k}": pass_k})
+        if watch_pairs:
+            greedy, watched = probe(model, tokenizer, watch_pairs, k=rule.probe_k, seed=seed + step)
+            checks[-1] |= {"watch_greedy_acc": greedy, f"watch_pass@{rule.probe_k}": watched}
+        return pass_k
+
     with Progress(transient=True) as progress:
         task = progress.add_task("warm start (supervised)", total=steps)
         for step in range(steps):
             if probe_pairs and rule.check_every > 0 and step > 0 and step % rule.check_every == 0:
-                greedy, pass_k = probe(model, tokenizer, probe_pairs, k=rule.probe_k, seed=seed + step)
-                checks.append({"step": step, "greedy_acc": greedy, f"pass@{rule.probe_k}": pass_k})
-                if should_stop(step, pass_k, rule):
+                if should_stop(step, check(step), rule):
                     stopped = step
                     break
             pick = torch.randint(len(pairs), (batch_size,), generator=generator).tolist()
@@ -157,8 +169,7 @@ def warm_start(
             optimizer.zero_grad(set_to_none=True)
             progress.update(task, advance=1, description=f"warm start (supervised) loss {loss.item():.3f}")
     if probe_pairs and stopped == steps:
-        greedy, pass_k = probe(model, tokenizer, probe_pairs, k=rule.probe_k, seed=seed + steps)
-        checks.append({"step": steps, "greedy_acc": greedy, f"pass@{rule.probe_k}": pass_k})
+        check(steps)
     staging = out.with_name(f"{out.name}.tmp{os.getpid()}")
     model.save_pretrained(staging, safe_serialization=True)
     record = {"stopped_at": stopped, "max_steps": steps, "probe_k": rule.probe_k, "checks": checks}

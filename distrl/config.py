@@ -199,8 +199,8 @@ class ModelConfig:
     warm_start_steps: int = 2400
     """Supervised steps on the built-in task before RL (tiny model only; 0 = none): the most it runs,
     fewer when the stop rule below fires. Cached on disk. It also sets the learning rate's decay, so a
-    start that learns late still learns at a useful rate (with 1200, seed 2 stalled at held-out pass@8
-    0.54; with 2400 it reached 0.85 at step 1400)."""
+    start that learns late still learns at a useful rate (an earlier calibration: with 1200, seed 2
+    stalled at held-out pass@8 0.54; with 2400 it reached 0.85 at step 1400)."""
     warm_start_lr: float = 1e-3
     """Warm start's peak learning rate (AdamW, batch 64; 20 steps of linear warm-up, then linear decay to 0
     at ``warm_start_steps``)."""
@@ -219,8 +219,9 @@ class ModelConfig:
     at temperature 1 on the probe (0: no checks, always ``warm_start_steps``)."""
     warm_start_stop_pass_at_k: float = 0.875
     """Stop the warm start at the first check where the probe's pass@k is >= this: the model can write
-    the right answer, which is all RL needs (it turns pass@k into pass@1). Where the defaults stop for seeds
-    0, 1 and 2: benchmarks/results/default-job-calibration/results.md."""
+    the right answer, which is all RL needs (it turns pass@k into pass@1). The defaults stop seeds 0, 1
+    and 2 at steps 1600, 2000 and 2000, where held-out pass@8 is 0.84, 0.90 and 0.78
+    (benchmarks/results/default-job-calibration/results.md)."""
     warm_start_probe_k: int = 8
     """Samples per probe prompt for the stop rule's pass@k."""
     warm_start_probe_size: int = 128

@@ -28,7 +28,14 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from distrl.config import compose_config
 from distrl.data.arithmetic import careless_sum
-from distrl.models.prepare import prepare_policy, probe_problems, supervised_target, teacher_pairs, warm_start_problems
+from distrl.models.prepare import (
+    DEMOS_PER_PROBLEM,
+    prepare_policy,
+    probe_problems,
+    supervised_target,
+    teacher_pairs,
+    warm_start_problems,
+)
 from distrl.models.warm_start import StopRule, probe, warm_start
 from distrl.trainer import load_eval_prompts, load_prompts
 
@@ -41,7 +48,7 @@ def main() -> None:
     parser.add_argument("--lr", type=float, help="model.warm_start_lr (default: the job's)")
     parser.add_argument("--weight-decay", type=float, help="model.warm_start_weight_decay (default: the job's)")
     parser.add_argument("--teacher-error", type=float, help="model.warm_start_teacher_error (default: the job's)")
-    parser.add_argument("--draws", type=int, default=8, help="teacher demonstrations per problem")
+    parser.add_argument("--draws", type=int, default=DEMOS_PER_PROBLEM, help="teacher demonstrations per problem")
     parser.add_argument("--check-every", type=int, default=100)
     parser.add_argument("--stop-pass-at-k", type=float, default=2.0, help="the stop rule's threshold (2: never)")
     parser.add_argument("--probe-size", type=int, help="model.warm_start_probe_size (default: the job's)")

@@ -96,7 +96,7 @@ def test_the_probe_is_drawn_like_the_heldout_set_so_it_is_no_easier():
         )
 
     for seed in (0, 1, 2):
-        cfg = compose_config([f"trainer.seed={seed}", "model.warm_start_probe_size=128"])
+        cfg = compose_config([f"trainer.seed={seed}"])
         probe, heldout = probe_problems(cfg), load_eval_prompts(cfg, load_prompts(cfg))
         assert single_digit(probe) <= single_digit(heldout) + 0.03
         assert carrying(probe) >= carrying(heldout) - 0.05

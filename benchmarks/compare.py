@@ -521,6 +521,8 @@ def _paired_section(runs: dict[str, list[Run]]) -> list[str]:
         ("final `reward/accuracy`", lambda r: final_value(r, "reward/accuracy")),
         ("last `eval/greedy_acc`", lambda r: run_value(r, "eval/greedy_acc", "last")),
         ("`eval/greedy_acc` lift", lambda r: run_value(r, "eval/greedy_acc", "lift")),
+        ("last `eval/pass@k`", lambda r: run_value(r, "eval/pass@k", "last")),
+        ("final `policy/entropy`", lambda r: final_value(r, "policy/entropy")),
     ]
     budgets = Budgets.of(runs)
     if budgets.samples is not None:

@@ -54,9 +54,10 @@ def meta(**fields) -> compare.ReportMeta:
     )  # fmt: skip
 
 
-def table_row(report: str, algorithm: str) -> list[str]:
-    """The cells of the report table's row for ``algorithm``."""
-    line = next(line for line in report.splitlines() if line.startswith(f"| {algorithm} |"))
+def table_row(report: str, *first_cells: str) -> list[str]:
+    """The cells of the first report table row that starts with ``first_cells`` (e.g. the algorithm)."""
+    start = "".join(f"| {cell} " for cell in first_cells) + "|"
+    line = next(line for line in report.splitlines() if line.startswith(start))
     return [cell.strip() for cell in line.strip("|").split("|")]
 
 
@@ -256,3 +257,23 @@ def test_held_out_lift_and_collapse_per_run_and_per_algorithm(tmp_path: Path) ->
     seed1 = table_row(report, "grpo-seed1")
     assert numbers(seed1[5]) == pytest.approx([-0.3]) and seed1[-1] == "**yes**"
     assert "| gspo | `eval/greedy_acc` lift | 1 |" in report
+
+
+def test_paired_entropy_and_pass_at_k_differences_against_the_first_algorithm(tmp_path: Path) -> None:
+    def run(seed: int, entropy: float, pass_k: float) -> compare.Run:
+        records = [{"step": s, "reward/accuracy": 0.2, "policy/entropy": entropy} for s in range(1, 11)]
+        return compare.Run(seed, [{"step": 0, "eval/pass@k": 0.5}, *records, {"step": 10, "eval/pass@k": pass_k}])
+
+    runs = {
+        "dapo": [run(seed, entropy=0.2, pass_k=0.8) for seed in range(3)],
+        "kl_cov": [run(0, 0.4, 0.9), run(1, 0.45, 0.8), run(2, 0.5, 0.7)],
+    }
+    report = compare.write_report(tmp_path, runs, meta()).read_text()
+
+    assert "## Paired differences against dapo" in report
+    entropy = table_row(report, "kl_cov", "final `policy/entropy`")
+    mean, half = numbers(entropy[3])  # differences 0.2, 0.25, 0.3: s = 0.05
+    assert (mean, entropy[4]) == (pytest.approx(0.25), "yes")
+    assert half == pytest.approx(T_2 * 0.05 / 3**0.5, rel=1e-2)
+    pass_k = table_row(report, "kl_cov", "last `eval/pass@k`")
+    assert numbers(pass_k[3])[0] == pytest.approx(0.0, abs=1e-9) and pass_k[4] == "no"

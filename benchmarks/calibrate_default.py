@@ -32,14 +32,19 @@ ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = ROOT / "benchmarks/results/default-job-calibration/calibration.json"
 
 #: The settings tried, as overrides of the defaults (a careless teacher, error 0.7, drawn 8 times per
-#: problem; warm start at lr 1e-3 with weight decay 0.1, at most 2400 steps, stopped at the first pass@8
-#: >= 0.875 on 128 probe-split problems, checked every 100; 4096 RL problems, 32 per step).
+#: problem; warm start at lr 1e-3 with weight decay 1.0, 64 pairs per step, at most 2400 steps, stopped at
+#: the first pass@8 >= 0.8 on 128 probe-split problems, checked every 100; 4096 RL problems, 32 per step,
+#: 150 steps).
+#: The earlier default warm start (the decay-0.1 calibration of results.md).
+DECAY_01 = ["model.warm_start_weight_decay=0.1", "model.warm_start_stop_pass_at_k=0.875"]
 SETTINGS: dict[str, list[str]] = {
     "default": [],
     "clean-teacher": ["model.warm_start_teacher_error=0"],
     "problems256": ["data.num_problems=256"],
     "no-stop-rule": ["model.warm_start_check_every=0"],
     "no-weight-decay": ["model.warm_start_weight_decay=0"],
+    "decay0.1": [*DECAY_01, "trainer.total_steps=200"],
+    "decay0.1-batch32": [*DECAY_01, "model.warm_start_batch_size=32", "model.warm_start_steps=2000"],
     "kl0": ["algorithm.kl.coef=0"],
     "lr1e-3": ["learner.lr=1e-3"],
     "lr5e-4": ["learner.lr=5e-4"],

@@ -49,6 +49,7 @@ def main() -> None:
     parser.add_argument("--weight-decay", type=float, help="model.warm_start_weight_decay (default: the job's)")
     parser.add_argument("--teacher-error", type=float, help="model.warm_start_teacher_error (default: the job's)")
     parser.add_argument("--draws", type=int, default=DEMOS_PER_PROBLEM, help="teacher demonstrations per problem")
+    parser.add_argument("--batch-size", type=int, help="model.warm_start_batch_size (default: the job's)")
     parser.add_argument("--check-every", type=int, default=100)
     parser.add_argument("--stop-pass-at-k", type=float, default=2.0, help="the stop rule's threshold (2: never)")
     parser.add_argument("--probe-size", type=int, help="model.warm_start_probe_size (default: the job's)")
@@ -63,13 +64,14 @@ def main() -> None:
     cfg = compose_config(overrides)
     m = cfg.model
     args.lr = m.warm_start_lr if args.lr is None else args.lr
+    args.batch_size = m.warm_start_batch_size if args.batch_size is None else args.batch_size
     args.weight_decay = m.warm_start_weight_decay if args.weight_decay is None else args.weight_decay
     args.teacher_error = m.warm_start_teacher_error if args.teacher_error is None else args.teacher_error
     pairs = teacher_pairs(warm_start_problems(cfg), args.teacher_error, seed=args.seed, per_problem=args.draws)
     held = load_eval_prompts(cfg, load_prompts(cfg))
     start = time.monotonic()
     folder = warm_start(base, pairs, args.work / "warm_start", steps=args.steps, lr=args.lr, seed=args.seed,
-                        weight_decay=args.weight_decay,
+                        batch_size=args.batch_size, weight_decay=args.weight_decay,
                         probe_pairs=[(r.prompt, supervised_target(r)) for r in probe_problems(cfg)],
                         rule=StopRule(check_every=args.check_every, stop_pass_at_k=args.stop_pass_at_k, probe_k=8),
                         watch_pairs=[(r.prompt, supervised_target(r)) for r in held])  # fmt: skip

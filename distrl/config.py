@@ -201,13 +201,19 @@ class ModelConfig:
     fewer when the stop rule below fires. Cached on disk. It also sets the learning rate's decay, so a
     start that learns late still learns at a useful rate (an earlier calibration: with 1200, seed 2
     stalled at held-out pass@8 0.54; with 2400 it reached 0.85 at step 1400)."""
+    warm_start_batch_size: int = 64
+    """Warm start's demonstrations per step (drawn with replacement from the teacher's pairs). 32 halves
+    a step's time but learned later (seeds 0-2 ended at probe pass@8 0.65-0.88 after 2000 steps)."""
     warm_start_lr: float = 1e-3
-    """Warm start's peak learning rate (AdamW, batch 64; 20 steps of linear warm-up, then linear decay to 0
-    at ``warm_start_steps``)."""
-    warm_start_weight_decay: float = 0.1
-    """Warm start's AdamW weight decay. It makes the tiny model learn the task rather than memorize its
-    warm-start problems, sooner and in more seeds (seed 2, 2400 steps: held-out pass@8 0.59 without, 0.80
-    with 0.1; benchmarks/results/default-job-calibration/results.md)."""
+    """Warm start's peak learning rate (AdamW; 20 steps of linear warm-up, then linear decay to 0 at
+    ``warm_start_steps``)."""
+    warm_start_weight_decay: float = 1.0
+    """Warm start's AdamW weight decay (decoupled: each step multiplies the weights by 1 − lr·decay). It
+    makes the tiny model learn the task rather than memorize its warm-start problems, and sooner the
+    stronger it is (probe pass@8 first ≥ 0.5 at step 400-500 with 1.0 in seeds 0-2, 500-1000 with 0.1 in
+    seeds 0-3, 700-1000 without in seeds 0-2;
+    seed 2, 2400 steps: held-out pass@8 0.59 without, 0.80 with 0.1;
+    benchmarks/results/default-job-calibration/results.md)."""
     warm_start_teacher_error: float = 0.7
     """Fraction of the warm start's demonstrations written by a careless teacher who forgets every carry
     (``"47+8="`` → ``"45"``, :func:`distrl.data.arithmetic.careless_sum`; 0: every demonstration right).
@@ -217,11 +223,13 @@ class ModelConfig:
     warm_start_check_every: int = 100
     """Warm start's stop rule: every this many steps, measure greedy accuracy and pass@``warm_start_probe_k``
     at temperature 1 on the probe (0: no checks, always ``warm_start_steps``)."""
-    warm_start_stop_pass_at_k: float = 0.875
+    warm_start_stop_pass_at_k: float = 0.8
     """Stop the warm start at the first check where the probe's pass@k is >= this: the model can write
     the right answer, which is all RL needs (it turns pass@k into pass@1). The defaults stop seeds 0, 1
-    and 2 at steps 1600, 2000 and 2000, where held-out pass@8 is 0.84, 0.90 and 0.78
-    (benchmarks/results/default-job-calibration/results.md)."""
+    and 2 at steps 1100, 1200 and 900, where held-out greedy accuracy / pass@8 is 0.45 / 0.84, 0.42 / 0.78
+    and 0.43 / 0.76 (benchmarks/results/default-job-calibration/results.md). The probe's pass@8 levels
+    off near 0.85-0.9 (the teacher's mixture), so a threshold close to that waits on noise: 0.875 ran
+    1600-2000 steps in seeds 0-2."""
     warm_start_probe_k: int = 8
     """Samples per probe prompt for the stop rule's pass@k."""
     warm_start_probe_size: int = 128
@@ -394,7 +402,7 @@ class CriticConfig:
 class TrainerConfig:
     """The step loop."""
 
-    total_steps: int = 200
+    total_steps: int = 150
     output_dir: str = "runs/default"
     overwrite: bool = False
     """With ``resume=none``, replace an earlier run's checkpoints and metrics in ``output_dir``
@@ -756,6 +764,10 @@ def validate(cfg: Config) -> None:
     _check(
         m.lora.rank == 0 or bool(m.lora.target_modules),
         "model.lora.target_modules is empty; name the linear layers to adapt, e.g. [q_proj,v_proj]",
+    )
+    _check(
+        m.warm_start_batch_size >= 1,
+        f"model.warm_start_batch_size={m.warm_start_batch_size} must be >= 1 (e.g. 32)",
     )
     _check(m.warm_start_lr > 0, f"model.warm_start_lr={m.warm_start_lr} must be > 0 (e.g. 3e-3)")
     _check(

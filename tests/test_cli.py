@@ -23,7 +23,7 @@ def test_help_lists_the_groups_and_every_key_with_its_doc():
     text = help_text()
     assert "algorithm: clip_cov, dapo," in text and "grpo*" in text and "cluster: gpu," in text
     assert "  data.train_files=[]  JSONL or Parquet files in verl's layout" in text
-    assert "  trainer.total_steps=200" in text and "  model.warm_start_teacher_error=0.7  Fraction of" in text
+    assert "  trainer.total_steps=150" in text and "  model.warm_start_teacher_error=0.7  Fraction of" in text
     doc = "GRPO: divide by the group std (Dr. GRPO: no). More."
     assert first_sentence(doc) == "GRPO: divide by the group std (Dr. GRPO: no)."
     shown = subprocess.run([sys.executable, "-m", "distrl.train", "-h"], capture_output=True, text=True, timeout=120)

@@ -110,6 +110,7 @@ def test_the_probe_is_drawn_like_the_heldout_set_so_it_is_no_easier():
         ("model.warm_start_probe_k=0", "model.warm_start_probe_k=0 must be >= 1"),
         ("model.warm_start_teacher_error=1.2", "model.warm_start_teacher_error=1.2 must be in"),
         ("model.warm_start_weight_decay=-0.1", "model.warm_start_weight_decay=-0.1 must be >= 0"),
+        ("model.warm_start_batch_size=0", "model.warm_start_batch_size=0 must be >= 1"),
     ],
 )
 def test_out_of_range_stop_rule_settings_are_refused(override, message):

@@ -57,6 +57,7 @@ def prepare_policy(cfg: Config) -> str:
         pairs,
         cache / "warm_start",
         steps=m.warm_start_steps,
+        batch_size=m.warm_start_batch_size,
         lr=m.warm_start_lr,
         weight_decay=m.warm_start_weight_decay,
         seed=cfg.trainer.seed,

@@ -31,12 +31,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = ROOT / "benchmarks/results/default-job-calibration/calibration.json"
 
+#: The earlier default warm start (the decay-0.1 calibration of results.md).
+DECAY_01 = ["model.warm_start_weight_decay=0.1", "model.warm_start_stop_pass_at_k=0.875"]
+
 #: The settings tried, as overrides of the defaults (a careless teacher, error 0.7, drawn 8 times per
 #: problem; warm start at lr 1e-3 with weight decay 1.0, 64 pairs per step, at most 2400 steps, stopped at
 #: the first pass@8 >= 0.8 on 128 probe-split problems, checked every 100; 4096 RL problems, 32 per step,
 #: 150 steps).
-#: The earlier default warm start (the decay-0.1 calibration of results.md).
-DECAY_01 = ["model.warm_start_weight_decay=0.1", "model.warm_start_stop_pass_at_k=0.875"]
 SETTINGS: dict[str, list[str]] = {
     "default": [],
     "clean-teacher": ["model.warm_start_teacher_error=0"],

@@ -211,9 +211,8 @@ class ModelConfig:
     """Warm start's AdamW weight decay (decoupled: each step multiplies the weights by 1 − lr·decay). It
     makes the tiny model learn the task rather than memorize its warm-start problems, and sooner the
     stronger it is (probe pass@8 first ≥ 0.5 at step 400-500 with 1.0 in seeds 0-2, 500-1000 with 0.1 in
-    seeds 0-3, 700-1000 without in seeds 0-2;
-    seed 2, 2400 steps: held-out pass@8 0.59 without, 0.80 with 0.1;
-    benchmarks/results/default-job-calibration/results.md)."""
+    seeds 0-3, 700-1000 without in seeds 0-2; seed 2 after 2400 steps: held-out pass@8 0.59 without, 0.80
+    with 0.1; benchmarks/results/default-job-calibration/results.md)."""
     warm_start_teacher_error: float = 0.7
     """Fraction of the warm start's demonstrations written by a careless teacher who forgets every carry
     (``"47+8="`` → ``"45"``, :func:`distrl.data.arithmetic.careless_sum`; 0: every demonstration right).

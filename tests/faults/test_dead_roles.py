@@ -34,6 +34,29 @@ def kill_when_called(trainer: Trainer, role: str, method: str, at_call: int) -> 
     group.call_rank = kill_then_call
 
 
+def kill_in_step(trainer: Trainer, role: str, method: str, step: int) -> None:
+    """Kill member 0 of ``role`` as the driver sends it its first ``method`` call of step ``step`` (0-based,
+    as :meth:`Trainer.step` counts). Unlike a call count, this does not depend on how many calls an
+    earlier, restarted step made (whether a dead engine's result still went to scoring is a race)."""
+    run_step, current = trainer.step, []
+
+    def counted_step(at: int) -> dict[str, float]:
+        current.append(at)
+        return run_step(at)
+
+    trainer.step = counted_step
+    group = getattr(trainer, role)
+    call_rank, killed = group.call_rank, []
+
+    def kill_then_call(rank, name, *args, **kwargs):
+        if name == method and rank == 0 and current and current[-1] == step and not killed:
+            killed.append(step)
+            ray.kill(group.actors[0])
+        return call_rank(rank, name, *args, **kwargs)
+
+    group.call_rank = kill_then_call
+
+
 def stopped_run(trainer: Trainer, message: str) -> list[dict]:
     """Fit ``trainer``, which must stop with a :class:`TrainingError` matching ``message``; its metrics rows."""
     try:
@@ -48,8 +71,7 @@ def test_a_killed_engine_is_replaced_and_the_run_goes_on_until_restarts_run_out(
     cfg = tiny_config("trainer.total_steps=3", "trainer.save_every=1", "trainer.max_restarts=1")
     trainer = Trainer(cfg)
     kill_when_called(trainer, "rollout", "generate", at_call=2)  # step 2's generation: replaced, step 2 again
-    # step 3's scoring (step 2 sent two: the first, on the dead engine's result, failed): one death too many
-    kill_when_called(trainer, "reward", "score", at_call=4)
+    kill_in_step(trainer, "reward", "score", step=2)  # step 3's scoring: one death too many
     done = stopped_run(trainer, r"^reward \(rank 0\) actor died.*Last checkpoint: .*step_2 ")
     assert [m["step"] for m in done] == [1, 2]
     assert [m["recovery/restarts"] for m in done] == [0.0, 1.0]

@@ -19,6 +19,10 @@ prints its ``metrics.jsonl`` at the end of its log, from where this script copie
 ``<out>/runs/<a>-seed<s>/`` beside the job's log. Relative paths in overrides are therefore relative to
 the current directory locally and to the repository root in Ray jobs.
 
+A folder ``<out>/runs/<a>-seed<s>/`` that already holds a run (its ``metrics.jsonl`` or checkpoints) makes
+the script stop before training anything, unless ``--overwrite``: then each such folder is emptied when its
+run starts. ``--report-only`` trains nothing and rewrites the report from the runs there.
+
 ``<out>/report.md`` (see :func:`write_report`) and its PNG plots are written from the runs that
 finished. A run fails when its process or job exits non-zero or leaves no metrics; each failure is
 printed (name and the last lines of its log) and listed in the report.
@@ -35,6 +39,7 @@ import os
 import platform
 import re
 import shlex
+import shutil
 import statistics
 import subprocess
 import sys
@@ -693,8 +698,8 @@ def run_local(specs: Sequence[RunSpec], steps: int, out: Path, extra: Sequence[s
     failures = []
     for index, spec in enumerate(specs, start=1):
         run_dir = out / "runs" / spec.name
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "metrics.jsonl").unlink(missing_ok=True)
+        shutil.rmtree(run_dir, ignore_errors=True)  # main() checked: nothing there, or --overwrite
+        run_dir.mkdir(parents=True)
         command = [sys.executable, "-m", "distrl.train", *run_overrides(spec, steps, str(run_dir), extra)]
         print(f"compare.py: [{index}/{len(specs)}] {spec.name}: {shlex.join(command)}", flush=True)
         started = time.monotonic()
@@ -832,6 +837,7 @@ def run_ray_jobs(
                 spec = pending.pop(0)
                 job_id = f"compare-{stamp}-{os.getpid()}-{spec.name}"
                 entrypoint = job_entrypoint(spec, steps, f"runs/compare/{job_id}", extra)
+                shutil.rmtree(out / "runs" / spec.name, ignore_errors=True)  # main() checked, as run_local
                 client.submit_job(entrypoint=entrypoint, submission_id=job_id, runtime_env=runtime_env)
                 running[job_id] = (spec, time.monotonic())
                 print(f"compare.py: submitted {spec.name} as Ray job {job_id}", flush=True)
@@ -901,6 +907,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--max-concurrent", type=int, default=0, help="Ray jobs running at once (default 0: all)")
     parser.add_argument("--report-only", action="store_true",
                         help="train nothing: write the report from the runs already in --out/runs/")  # fmt: skip
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the runs an earlier comparison left in <out>/runs/")  # fmt: skip
     parser.add_argument("--preset-override", nargs=2, action="append", default=[], metavar=("PRESET", "KEY=VALUE"),
                         help="a Hydra override of PRESET's runs only (repeatable)")  # fmt: skip
     parser.add_argument("overrides", nargs="*", help="Hydra overrides passed to every run")
@@ -916,6 +924,13 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     if args.seeds < 1 or args.steps < 1 or args.max_concurrent < 0:
         parser.error("--seeds and --steps must be at least 1, --max-concurrent at least 0")
     return args
+
+
+def earlier_runs(specs: Sequence[RunSpec], out: Path) -> list[str]:
+    """The runs of ``specs`` whose folder ``<out>/runs/<name>/`` holds an earlier comparison's
+    ``metrics.jsonl`` or checkpoints."""
+    marks = ("metrics.jsonl", "checkpoints")
+    return [spec.name for spec in specs if any((out / "runs" / spec.name / mark).exists() for mark in marks)]
 
 
 def without_controlled(overrides: Sequence[str]) -> list[str]:
@@ -950,6 +965,12 @@ def main() -> int:
         executor=executor,
         target_accuracy=args.target_accuracy,
     )
+    held = [] if args.report_only or args.overwrite else earlier_runs(specs, out)
+    if held:
+        print(f"compare.py: {out} already holds the runs {', '.join(held)} of an earlier comparison; --overwrite "
+              "replaces them (each as its turn comes), --report-only rewrites the report from them, or choose "
+              "another --out", file=sys.stderr)  # fmt: skip
+        return 2
     if args.report_only:
         meta = replace(meta, executor="none trained: this report was rewritten from runs/ (--report-only)",
                        trained=earlier_command(out))  # fmt: skip

@@ -238,6 +238,36 @@ def test_a_failed_run_is_reported_and_fails_the_command(tmp_path: Path, model_ca
     assert table_row(report, "grpo")[1] == "finished 0 of 1"
 
 
+@pytest.mark.subprocess
+def test_an_earlier_comparisons_runs_stop_it_before_training_and_are_kept(tmp_path: Path, model_cache: Path) -> None:
+    out = tmp_path / "cmp"
+    earlier = out / "runs" / "gspo-seed1"
+    (earlier / "checkpoints" / "step_60").mkdir(parents=True)
+    (earlier / "metrics.jsonl").write_text('{"step": 60, "reward/accuracy": 0.8}\n')
+    done = run_compare(out, model_cache, "--algorithms", "grpo,gspo", "--seeds", "2", "--steps", "1")
+    assert done.returncode == 2, done.stdout[-3000:] + done.stderr[-3000:]
+    assert f"{out} already holds the runs gspo-seed1 of an earlier comparison; --overwrite" in done.stderr
+    assert "[1/4]" not in done.stdout  # nothing trained
+    assert (earlier / "metrics.jsonl").exists() and (earlier / "checkpoints" / "step_60").exists()
+    assert not (out / "runs" / "grpo-seed0").exists()
+
+
+@pytest.mark.subprocess
+def test_overwrite_replaces_an_earlier_run_so_its_metrics_are_not_reported_as_the_new_ones(
+    tmp_path: Path, model_cache: Path
+) -> None:
+    out = tmp_path / "cmp"
+    earlier = out / "runs" / "grpo-seed0"
+    (earlier / "checkpoints" / "step_1").mkdir(parents=True)
+    (earlier / "metrics.jsonl").write_text('{"step": 1, "reward/accuracy": 0.8}\n')
+    args = ("--overwrite", "--algorithms", "grpo", "--seeds", "1", "--steps", "1", "algorithm.policy_loss=nope")
+    done = run_compare(out, model_cache, *args)
+    assert done.returncode == 1, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "grpo-seed0 FAILED (exit status 2)" in done.stderr  # the new run, not the earlier one's metrics
+    assert not (earlier / "checkpoints").exists() and not (earlier / "metrics.jsonl").exists()
+    assert table_row((out / "report.md").read_text(), "grpo")[1] == "finished 0 of 1"
+
+
 def test_held_out_lift_and_collapse_per_run_and_per_algorithm(tmp_path: Path) -> None:
     def run(seed: int, evals: list[float]) -> compare.Run:
         steps = [0, 5, 10][: len(evals)]

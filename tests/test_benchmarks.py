@@ -15,7 +15,7 @@ def test_throughput_benchmark_writes_its_json(tmp_path):
     out = tmp_path / "throughput.json"
     done = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "throughput.py"), "--workload", "quick", "--steps", "1",
-         "--warmup", "0", "--json", str(out)],
+         "--warmup", "0", "--json", str(out), "cluster.backend=inline"],  # the script's code; Ray: test_runtime
         capture_output=True, text=True, timeout=400, cwd=tmp_path,
     )  # fmt: skip
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]

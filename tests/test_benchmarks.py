@@ -29,7 +29,7 @@ def test_throughput_benchmark_writes_its_json(tmp_path):
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="--modes pins generation and training apart")
 def test_throughput_modes_run_the_workload_three_ways_and_compare_them(tmp_path, monkeypatch, capsys):
     """``--modes`` logic alone: which overrides each mode's run gets and the ratios (``run`` itself, a
-    whole job through Ray, is the test above; async mode with pinned cores is tests/test_runtime.py's)."""
+    whole job, is the test above; async mode through Ray with pinned cores is tests/test_runtime.py's)."""
     monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
     import throughput
 
